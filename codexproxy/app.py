@@ -1,0 +1,94 @@
+"""The App: what every hook receives as `app` — config, store, repositories, hooks, jobs."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import Config
+from .logstore import LogStore
+from .plugins import PluginInfo, load_plugins
+from .scheduler import Jobs
+from .store import AccountRepo, KeyRepo, Store
+
+log = logging.getLogger("codexproxy")
+
+
+class App:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.data_dir: Path = config.storage.data_dir
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.pm, self.plugins = load_plugins(config)
+        self.hook = self.pm.hook
+        self.store = Store(config.storage.file)
+        self.accounts = AccountRepo(self.store)
+        self.keys = KeyRepo(self.store)
+        self.logs = LogStore(self.data_dir / "logs")
+        self.jobs = Jobs(self)
+        self.started_at = time.time()
+        self.public_url: str | None = None  # set once the proxy listens
+        self.running = False  # True inside `codexproxy run`
+        self.state_lock = threading.RLock()  # for plugins' in-memory state shared across threads
+        self._admin_token: str | None = config.admin.token
+        self._plugin_state: dict[str, Any] = {}
+
+    # --- admin token: configured, or generated once and kept (0600) in the data dir ----------
+    @property
+    def admin_token_file(self) -> Path:
+        return self.data_dir / "admin_token"
+
+    @property
+    def admin_token(self) -> str:
+        if self._admin_token:
+            return self._admin_token
+        path = self.admin_token_file
+        try:
+            token = path.read_text().strip()
+        except FileNotFoundError:
+            token = ""
+        if not token:
+            token = secrets.token_hex(32)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.write(fd, (token + "\n").encode())
+            finally:
+                os.close(fd)
+        self._admin_token = token
+        return token
+
+    def check_admin_token(self, offered: str | None) -> bool:
+        """Constant-time comparison with the admin token."""
+        if not offered:
+            return False
+        return secrets.compare_digest(offered.encode(), self.admin_token.encode())
+
+    def plugin_config(self, name: str) -> Any:
+        return self.config.plugin(name)
+
+    def plugin_state(self, name: str, factory: Any) -> Any:
+        """In-memory state a plugin keeps for this process (created by `factory()` once)."""
+        with self.state_lock:
+            if name not in self._plugin_state:
+                self._plugin_state[name] = factory()
+            return self._plugin_state[name]
+
+    def plugin_enabled(self, name: str) -> bool:
+        return any(info.name == name and info.enabled for info in self.plugins)
+
+    def plugin_infos(self) -> list[PluginInfo]:
+        return self.plugins
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    def start_background(self) -> None:
+        self.hook.codexproxy_register_jobs(app=self, jobs=self.jobs)
+        self.jobs.start()
+
+    def close(self) -> None:
+        self.jobs.stop()
+        self.logs.close()

@@ -1,0 +1,61 @@
+"""The host's own hook implementations: health, and the raw Responses passthrough.
+
+Registered as plugin "core" (always on). Everything here is the floor other plugins build on:
+the adapter plugin claims the same routes first to normalise and convert.
+"""
+
+from __future__ import annotations
+
+import time
+
+from . import __version__, hookimpl
+from .exchange import GatewayError, LocalResponse, Route
+
+RESPONSES_PATHS = ("/v1/responses", "/backend-api/codex/responses", "/responses")
+
+
+def health(app, exchange) -> LocalResponse:
+    accounts = app.accounts.all()
+    available = sum(1 for a in accounts if a.is_available())
+    return LocalResponse(200, {
+        "status": "ok",
+        "version": __version__,
+        "uptime_s": round(time.time() - app.started_at, 1),
+        "accounts": len(accounts),
+        "accounts_available": available,
+    })
+
+
+def is_codex_client(headers: dict[str, str]) -> bool:
+    origin = headers.get("originator", "") + " " + headers.get("user-agent", "")
+    return "codex" in origin.lower()
+
+
+@hookimpl(trylast=True)
+def codexproxy_route(app, exchange):
+    if exchange.path in ("/health", "/healthz"):
+        if exchange.method not in ("GET", "HEAD"):
+            raise GatewayError(405, f"{exchange.method} is not allowed on {exchange.path}; use GET.", code="method_not_allowed")
+        return Route(kind="local", protocol="none", needs_key=False, handler=health, name="health")
+    if exchange.path in RESPONSES_PATHS:
+        if exchange.method != "POST":
+            raise GatewayError(405, f"{exchange.method} is not allowed on {exchange.path}; use POST.", code="method_not_allowed")
+        return Route(kind="upstream", protocol="responses", name="responses")
+    return None
+
+
+@hookimpl(trylast=True)
+def codexproxy_prepare_request(app, exchange):
+    """Passthrough defaults: what the adapter did not set is read from the raw body."""
+    exchange.is_codex_client = exchange.is_codex_client or is_codex_client(exchange.headers)
+    body = exchange.json()
+    if not isinstance(body, dict):
+        raise GatewayError(400, "Request body must be a JSON object.")
+    if exchange.model is None and isinstance(body.get("model"), str):
+        exchange.model = body["model"]
+    if exchange.session_id is None:
+        exchange.session_id = (exchange.headers.get("session_id") or exchange.headers.get("session-id")
+                               or (body.get("prompt_cache_key") if isinstance(body.get("prompt_cache_key"), str) else None))
+    if exchange.effort is None and isinstance(body.get("reasoning"), dict):
+        effort = body["reasoning"].get("effort")
+        exchange.effort = effort if isinstance(effort, str) else None

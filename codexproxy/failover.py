@@ -1,0 +1,234 @@
+"""Retry a request on another account before the client saw a byte, and still stream.
+
+mitmproxy has no supported way to send a flow again once the upstream answered. This module
+replaces `mitmproxy.proxy.layers.http.HttpStream` (the per-request state machine) with a
+subclass that can:
+
+- on an error answer the addon marked for retry in `responseheaders`: read the error body,
+  run the blocking `upstream_retry` hook (the addon picks the next account there and edits
+  `flow.request`), then re-send the buffered request on a fresh or reused connection; the next
+  answer goes through `responseheaders` again and can stream. Yielding the hook is required:
+  it lets mitmproxy's HTTP/1 client finish the previous exchange before the next one.
+- treat connect failures, a server that closes before answering, and an idle upstream
+  (`IdleTimeout` injected by the addon's watchdog) the same way before the first byte;
+- after the first byte, end the client's stream cleanly with the transform's error bytes
+  instead of dropping the connection.
+
+It relies on HttpStream internals of mitmproxy 12.2/12.3 (pinned in pyproject.toml);
+tests/test_failover.py fails loudly if they move. Upstream must stay HTTP/1.1 (HTTP/2 would
+reuse stream ids across the re-send).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from mitmproxy import http
+from mitmproxy.proxy import commands, events
+from mitmproxy.proxy.layers import http as http_layers
+from mitmproxy.proxy.layers.http import (
+    HttpStream,
+    RequestData,
+    RequestEndOfMessage,
+    RequestHeaders,
+    ResponseData,
+    ResponseEndOfMessage,
+    ResponseHeaders,
+    ResponseProtocolError,
+    SendHttp,
+)
+from mitmproxy.proxy.layers.http._http1 import Http1Client
+from mitmproxy.proxy.layers.http._hooks import HttpResponseHook
+
+RETRY = "codexproxy.retry"  # flow.metadata: the addon wants the error answer retried
+RETRY_AGAIN = "codexproxy.retry_again"  # set by the addon in upstream_retry: re-send now
+ACTIVITY = "codexproxy.activity"  # flow.metadata: monotonic time of the last upstream byte
+ERROR_BODY_LIMIT = 64 * 1024  # enough to read a reason; the rest of a huge error is dropped
+
+
+@dataclass
+class UpstreamRetryHook(commands.StartHook):
+    """The attempt failed before any byte reached the client (see module doc)."""
+
+    name = "upstream_retry"
+    flow: http.HTTPFlow
+
+
+@dataclass
+class IdleTimeout:
+    """Injected (as events.MessageInjected) when the upstream has been silent too long."""
+
+    message: str = "upstream idle timeout"
+
+
+class FailoverHttpStream(HttpStream):
+    _discarding = False
+    _error_body_size = 0
+
+    # --- events -----------------------------------------------------------------------------
+    def _handle_event(self, event: events.Event):
+        if isinstance(event, events.MessageInjected) and isinstance(event.message, IdleTimeout):
+            yield from self._on_idle(event.message.message)
+            return
+        if isinstance(event, (ResponseHeaders, ResponseData)) and hasattr(self, "flow"):
+            self.flow.metadata[ACTIVITY] = time.monotonic()  # read by the idle watchdog
+        yield from super()._handle_event(event)
+
+    def state_wait_for_response_headers(self, event):
+        yield from super().state_wait_for_response_headers(event)
+        if self.flow.metadata.get(RETRY) and self.server_state == self.state_consume_response_body:
+            self.server_state = self.state_read_error_body
+            self._error_body_size = 0
+            if event.end_stream:  # no body follows; ResponseEndOfMessage still comes
+                self.flow.response.data.content = b""
+
+    def state_read_error_body(self, event):
+        if isinstance(event, ResponseData):
+            room = ERROR_BODY_LIMIT - self._error_body_size
+            if room > 0:
+                self.response_body_buf += event.data[:room]
+            self._error_body_size += len(event.data)
+        elif isinstance(event, ResponseEndOfMessage):
+            self.flow.response.data.content = bytes(self.response_body_buf)
+            self.response_body_buf.clear()
+            yield from self._retry_or_answer()
+        yield from ()
+
+    # --- the retry loop ---------------------------------------------------------------------
+    def _retry_or_answer(self):
+        """Ask the addon (via the blocking hook) and either re-send or answer the client."""
+        self.flow.metadata[RETRY_AGAIN] = False
+        yield UpstreamRetryHook(self.flow)
+        if (yield from self.check_killed(True)):
+            return
+        if self.flow.metadata.pop(RETRY_AGAIN, False):
+            self.flow.metadata[RETRY] = False
+            yield from self._resend()
+        else:
+            self.flow.metadata[RETRY] = False
+            yield from self.send_response()
+
+    def _resend(self):
+        self.flow.response = None
+        self.response_body_buf.clear()
+        self.server_state = self.state_wait_for_response_headers
+        ok = yield from self.make_server_connection()
+        if not ok:
+            return
+        request = self.flow.request
+        request.timestamp_start = time.time()
+        content = request.raw_content
+        yield SendHttp(RequestHeaders(self.stream_id, request, not content), self.context.server)
+        if content:
+            yield SendHttp(RequestData(self.stream_id, content), self.context.server)
+        yield SendHttp(RequestEndOfMessage(self.stream_id), self.context.server)
+
+    def make_server_connection(self):
+        while True:
+            connection, err = yield http_layers.GetHttpConnection(
+                (self.flow.request.host, self.flow.request.port),
+                self.flow.request.scheme == "https",
+                self.flow.server_conn.via,
+                self.flow.server_conn.transport_protocol,
+            )
+            if not err:
+                self.context.server = self.flow.server_conn = connection
+                return True
+            # Connect failure: same path as an error answer.
+            self.flow.response = None
+            self.flow.metadata["codexproxy.transport_error"] = f"connect failed: {err}"
+            self.flow.metadata[RETRY_AGAIN] = False
+            yield UpstreamRetryHook(self.flow)
+            if (yield from self.check_killed(True)):
+                return False
+            if self.flow.metadata.pop(RETRY_AGAIN, False):
+                continue
+            if self.flow.response is None:  # the addon gave no answer: mitmproxy's own 502
+                yield from self.handle_protocol_error(
+                    ResponseProtocolError(self.stream_id, err, http_layers.ErrorCode.CONNECT_FAILED)
+                )
+                return False
+            self.server_state = self.state_done
+            yield from self.send_response()
+            return False
+
+    # --- failures -----------------------------------------------------------------------------
+    def handle_protocol_error(self, event):
+        if isinstance(event, ResponseProtocolError) and self.client_state == self.state_done:
+            if self.server_state in (self.state_wait_for_response_headers, self.state_read_error_body, self.state_consume_response_body):
+                # The server went away before answering: retryable like a connect failure.
+                self.flow.response = None
+                self.flow.metadata["codexproxy.transport_error"] = event.message
+                yield from self._retry_or_answer_transport()
+                return
+            if self.server_state == self.state_stream_response_body:
+                yield from self._end_stream_with_error(event.message)
+                return
+        yield from super().handle_protocol_error(event)
+
+    def _retry_or_answer_transport(self):
+        self.flow.metadata[RETRY_AGAIN] = False
+        yield UpstreamRetryHook(self.flow)
+        if (yield from self.check_killed(True)):
+            return
+        if self.flow.metadata.pop(RETRY_AGAIN, False):
+            yield from self._resend()
+        elif self.flow.response is not None:
+            yield from self.send_response()
+        else:
+            yield from super().handle_protocol_error(
+                ResponseProtocolError(self.stream_id, "upstream failed", http_layers.ErrorCode.GENERIC_SERVER_ERROR)
+            )
+
+    def _on_idle(self, message: str):
+        if self.client_state != self.state_done or self.server_state not in (
+            self.state_wait_for_response_headers,
+            self.state_stream_response_body,
+            self.state_consume_response_body,
+            self.state_read_error_body,
+        ):
+            return
+        yield from self._abandon_server_connection()
+        if self.server_state == self.state_stream_response_body:
+            yield from self._end_stream_with_error(message)
+        else:
+            self.flow.response = None
+            self.flow.metadata["codexproxy.transport_error"] = message
+            yield from self._retry_or_answer_transport()
+
+    def _abandon_server_connection(self):
+        """Close the current upstream connection without its HTTP/1 client telling this
+        stream about it later (which would hit the next attempt)."""
+        server = self.context.server
+        layer = None
+        for parent in self.context.layers:
+            if isinstance(parent, http_layers.HttpLayer):
+                layer = parent.connections.get(server)
+        while layer is not None and not isinstance(layer, Http1Client):
+            layer = getattr(layer, "child_layer", None)
+        if isinstance(layer, Http1Client):
+            layer.stream_id = None
+            layer.state = layer.read_headers
+        yield commands.CloseConnection(server)
+
+    def _end_stream_with_error(self, message: str):
+        """The upstream broke after bytes went to the client: finish the client's response
+        cleanly with the transform's error bytes (never a silently truncated success)."""
+        pump = self.flow.response.stream
+        abort = getattr(pump, "abort", None)
+        if abort is not None:
+            for chunk in abort(message):
+                if chunk:
+                    yield SendHttp(ResponseData(self.stream_id, chunk), self.context.client)
+        self.flow.metadata["codexproxy.transport_error"] = message
+        self.flow.response.timestamp_end = time.time()
+        yield HttpResponseHook(self.flow)
+        self.server_state = self.state_done
+        if self.client_state == self.state_done:
+            yield from self.flow_done()
+
+
+def install() -> None:
+    """Make mitmproxy build our stream for every request (call before Master.run())."""
+    http_layers.HttpStream = FailoverHttpStream  # HttpLayer.make_stream looks the name up here

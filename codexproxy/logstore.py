@@ -1,0 +1,187 @@
+"""Request logs: append-only JSON-lines segments beside the TinyDB store.
+
+TinyDB rewrites its whole file on every write, so a log kept there would make each request
+cost more than the last. Here a write is one `write()` of one line to an O_APPEND file: flat
+cost, safe from `kill -9` (the kernel keeps what was written), and a torn last line is skipped
+on read. Retention drops whole old segments.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+SEGMENT_PREFIX = "requests-"
+
+
+class LogStore:
+    def __init__(self, directory: str | os.PathLike, retention: int = 100_000) -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.retention = max(1, retention)
+        self.segment_rows = max(100, min(10_000, self.retention // 10))
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._segments: list[tuple[int, int]] = []  # (sequence, rows), oldest first
+        self._listeners: list[Callable[[dict[str, Any]], None]] = []
+        self._scan()
+
+    # --- segments -------------------------------------------------------------------------
+    def _path(self, seq: int) -> Path:
+        return self.dir / f"{SEGMENT_PREFIX}{seq:08d}.jsonl"
+
+    def _scan(self) -> None:
+        segments = []
+        for path in self.dir.glob(f"{SEGMENT_PREFIX}*.jsonl"):
+            try:
+                seq = int(path.stem[len(SEGMENT_PREFIX):])
+                with open(path, "rb") as fh:
+                    rows = fh.read().count(b"\n")
+            except (ValueError, OSError):
+                continue
+            segments.append((seq, rows))
+        self._segments = sorted(segments)
+
+    def _open_current(self) -> int:
+        if self._fd is not None:
+            return self._fd
+        if not self._segments or self._segments[-1][1] >= self.segment_rows:
+            seq = self._segments[-1][0] + 1 if self._segments else 1
+            self._segments.append((seq, 0))
+        path = self._path(self._segments[-1][0])
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        size = os.fstat(self._fd).st_size
+        if size:
+            with open(path, "rb") as fh:  # a torn line from a crash: end it so ours stays whole
+                fh.seek(size - 1)
+                if fh.read(1) != b"\n":
+                    os.write(self._fd, b"\n")
+        return self._fd
+
+    def _rotate_if_full(self) -> None:
+        if self._segments[-1][1] < self.segment_rows:
+            return
+        os.close(self._fd)  # type: ignore[arg-type]
+        self._fd = None
+        # Drop the oldest segments while what remains still holds `retention` rows.
+        total = sum(rows for _, rows in self._segments)
+        while len(self._segments) > 1 and total - self._segments[0][1] >= self.retention:
+            seq, rows = self._segments.pop(0)
+            total -= rows
+            try:
+                self._path(seq).unlink()
+            except FileNotFoundError:
+                pass
+
+    # --- writing --------------------------------------------------------------------------
+    def append(self, row: dict[str, Any]) -> dict[str, Any]:
+        row.setdefault("time", time.time())
+        line = (json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+        with self._lock:
+            fd = self._open_current()
+            os.write(fd, line)
+            seq, rows = self._segments[-1]
+            self._segments[-1] = (seq, rows + 1)
+            self._rotate_if_full()
+        for listener in self._listeners:
+            listener(row)
+        return row
+
+    def on_append(self, listener: Callable[[dict[str, Any]], None]) -> None:
+        """Call `listener(row)` after every append (in-memory counters, metrics)."""
+        self._listeners.append(listener)
+
+    def clear(self) -> int:
+        with self._lock:
+            self._scan()
+            count = sum(rows for _, rows in self._segments)
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+            for seq, _ in self._segments:
+                try:
+                    self._path(seq).unlink()
+                except FileNotFoundError:
+                    pass
+            self._segments = []
+            return count
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+    # --- reading --------------------------------------------------------------------------
+    def count(self) -> int:
+        with self._lock:
+            if self._fd is None:
+                self._scan()
+            return sum(rows for _, rows in self._segments)
+
+    def newest_first(self) -> Iterator[dict[str, Any]]:
+        """Every row, newest first; rows that do not parse (a torn line) are skipped."""
+        with self._lock:
+            if self._fd is None:
+                self._scan()
+            seqs = [seq for seq, _ in reversed(self._segments)]
+        for seq in seqs:
+            try:
+                data = self._path(seq).read_bytes()
+            except FileNotFoundError:
+                continue
+            for line in reversed(data.split(b"\n")):
+                if not line:
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(row, dict):
+                    yield row
+
+    def query(self, match: Callable[[dict[str, Any]], bool] | None = None, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        skipped = 0
+        for row in self.newest_first():
+            if match is not None and not match(row):
+                continue
+            if skipped < offset:
+                skipped += 1
+                continue
+            out.append(row)
+            if len(out) >= limit:
+                break
+        return out
+
+    def since(self, start: float) -> Iterator[dict[str, Any]]:
+        """Rows with time >= start, newest first (stops at the first older row)."""
+        for row in self.newest_first():
+            if (row.get("time") or 0) < start:
+                return
+            yield row
+
+
+def start_of_today() -> float:
+    t = time.localtime()
+    return time.mktime((t.tm_year, t.tm_mon, t.tm_mday, 0, 0, 0, 0, 0, -1))
+
+
+def key_stats(logs: LogStore) -> dict[str, dict[str, Any]]:
+    """Per platform key: last used, requests and tokens today (from the log, not a counter
+    written per request)."""
+    today = start_of_today()
+    stats: dict[str, dict[str, Any]] = {}
+    for row in logs.newest_first():
+        key_id = row.get("key_id")
+        if not key_id:
+            continue
+        entry = stats.setdefault(key_id, {"last_used": row.get("time"), "requests_today": 0, "tokens_today": 0})
+        if (row.get("time") or 0) >= today:
+            entry["requests_today"] += 1
+            entry["tokens_today"] += (row.get("input_tokens") or 0) + (row.get("output_tokens") or 0)
+    return stats

@@ -1,0 +1,431 @@
+"""The embedded mitmproxy reverse proxy and the addon that turns its events into hook calls.
+
+Data flows one way: request -> route -> auth -> prepare -> select account -> upstream headers
+-> upstream -> (failover) -> stream transform -> client, with `exchange_done` observers at the
+end. See hookspecs.py for what each step may do and failover.py for the retry mechanism.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import traceback
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from mitmproxy import http
+from mitmproxy.proxy import events
+
+from . import failover, sse
+from .exchange import Attempt, Exchange, GatewayError, LocalResponse, Retry, Route, Usage
+
+log = logging.getLogger("codexproxy.proxy")
+
+EXCHANGE = "codexproxy.exchange"
+ACTIVITY = failover.ACTIVITY
+MAX_ATTEMPTS_HARD_CAP = 10  # whatever plugins say, one request never loops forever
+TERMINAL_OK = ("response.completed", "response.incomplete")
+TERMINAL_FAILED = ("response.failed", "error")
+
+# Client headers that Codex CLI sends and the backend understands (REFERENCE §1).
+PASS_HEADERS = ("version", "x-client-request-id", "thread-id", "openai-beta", "conversation_id", "accept-language")
+PASS_PREFIXES = ("x-codex-", "x-openai-")
+
+
+def _client_headers(request: http.Request) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, value in request.headers.items(multi=True):
+        name = name.lower()
+        out[name] = f"{out[name]}, {value}" if name in out else value
+    return out
+
+
+def render_error(app: Any, ex: Exchange | None, err: GatewayError) -> http.Response:
+    local = None
+    if ex is not None:
+        try:
+            local = app.hook.codexproxy_render_error(app=app, exchange=ex, error=err)
+        except Exception:
+            log.exception("render_error hook failed")
+    if local is None:
+        local = LocalResponse(err.status, err.openai_body())
+    body, headers = local.encoded()
+    headers.update(err.headers)
+    return http.Response.make(local.status, body, headers)
+
+
+class StreamPump:
+    """flow.response.stream callable: watches the upstream SSE for usage and terminal events
+    and lets the transform produce the client's bytes. Never raises, never returns b"" before
+    the end (mitmproxy would end the chunked body there)."""
+
+    def __init__(self, flow: http.HTTPFlow, ex: Exchange, transform: Any) -> None:
+        self.flow = flow
+        self.ex = ex
+        self.transform = transform
+        self.parser = sse.SSEParser()
+        self.failed: GatewayError | None = None
+        self.finished = False
+
+    def __call__(self, chunk: bytes):
+        self.flow.metadata[ACTIVITY] = time.monotonic()
+        try:
+            if chunk == b"":
+                return [self._finish(None)] if not self.finished else []
+            events_ = self.parser.feed(chunk)
+            for event in events_:
+                self._observe(event)
+            out = self.transform.feed(chunk, events_)
+        except Exception:
+            log.exception("stream transform failed")
+            return []
+        if out:
+            if self.ex.ttfb_ms is None:
+                self.ex.ttfb_ms = self.ex.elapsed_ms()
+            return [out]
+        return []
+
+    def _observe(self, event: sse.SSEEvent) -> None:
+        kind = event.event
+        if kind in TERMINAL_OK or kind in TERMINAL_FAILED or (kind == "message" and '"response.' in event.data[:60]):
+            payload = event.json() or {}
+            kind = kind if kind != "message" else payload.get("type", kind)
+            if kind in TERMINAL_OK:
+                self.ex.completed = True
+                self.ex.usage = Usage.from_response((payload.get("response") or {}).get("usage"))
+            elif kind in TERMINAL_FAILED:
+                error = (payload.get("response") or {}).get("error") or payload.get("error") or payload
+                message = error.get("message") if isinstance(error, dict) else str(error)
+                code = error.get("code") if isinstance(error, dict) else None
+                self.failed = GatewayError(502, message or "upstream failed", type="upstream_error", code=code)
+                self.ex.error = f"upstream {kind}: {code or ''} {message or ''}".strip()
+
+    def _finish(self, error: GatewayError | None) -> bytes:
+        self.finished = True
+        out = b""
+        try:
+            tail = self.parser.flush()
+            for event in tail:
+                self._observe(event)
+            if tail:
+                out += self.transform.feed(b"", tail)
+            if error is None and not self.ex.completed and self.failed is None:
+                error = GatewayError(502, "upstream stream ended before response.completed", type="upstream_error", code="stream_incomplete")
+                self.ex.error = self.ex.error or error.message
+            out += self.transform.finish(error or self.failed)
+        except Exception:
+            log.exception("stream transform failed at the end")
+        return out
+
+    def abort(self, message: str) -> list[bytes]:
+        """The upstream broke mid-stream (cut or idle): the client's last bytes."""
+        if self.finished:
+            return []
+        self.ex.error = f"upstream stream failed: {message}"
+        return [self._finish(GatewayError(502, self.ex.error, type="upstream_error", code="stream_error"))]
+
+
+class PassthroughTransform:
+    """Byte-for-byte passthrough; on a failed stream, a final `response.failed` event."""
+
+    def start(self, status: int, headers: dict[str, str]) -> tuple[int, dict[str, str]]:
+        return status, headers
+
+    def feed(self, raw: bytes, events_: list) -> bytes:
+        return raw
+
+    def finish(self, error: GatewayError | None) -> bytes:
+        if error is None or error.code is None:
+            return b""
+        return sse.encode("response.failed", {"type": "response.failed", "response": {"status": "failed", "error": {"code": error.code, "message": error.message}}})
+
+
+class Gateway:
+    """The mitmproxy addon hosting the plugin pipeline (methods named after mitmproxy events)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.hook = app.hook
+        self.active: dict[str, http.HTTPFlow] = {}
+        self.closing = False
+
+    # --- helpers --------------------------------------------------------------------------
+    def _answer(self, flow: http.HTTPFlow, ex: Exchange | None, err: GatewayError) -> None:
+        if ex is not None:
+            ex.error = ex.error or err.message
+        flow.response = render_error(self.app, ex, err)
+
+    def _fail_closed(self, flow: http.HTTPFlow, ex: Exchange | None, where: str) -> None:
+        log.error("plugin error in %s: %s", where, traceback.format_exc(limit=6))
+        self._answer(flow, ex, GatewayError(500, f"internal error in {where}; see the proxy log", type="server_error", code="plugin_error"))
+
+    def _exchange(self, flow: http.HTTPFlow) -> Exchange:
+        req = flow.request
+        split = urlsplit(req.path)
+        return Exchange(
+            method=req.method.upper(),
+            path=split.path or "/",
+            query=dict(parse_qsl(split.query, keep_blank_values=True)),
+            headers=_client_headers(req),
+            body=req.raw_content or b"",
+            client_addr=f"{flow.client_conn.peername[0]}" if flow.client_conn.peername else "",
+        )
+
+    def _target(self, account: Any, fallback: bool) -> str:
+        upstream = self.app.config.upstream
+        base = upstream.fallback_base_url if fallback and upstream.fallback_base_url else upstream.base_url
+        return base + "/responses"
+
+    def _prepare_attempt(self, flow: http.HTTPFlow, ex: Exchange, account: Any, fallback: bool = False) -> None:
+        """Point the flow at the upstream with this account's credentials."""
+        cfg = self.app.config.upstream
+        url = self._target(account, fallback)
+        ex.account = account
+        ex.attempts.append(Attempt(account_id=getattr(account, "id", None), url=url))
+        client = ex.headers
+        headers: dict[str, str] = {}
+        for name, value in client.items():
+            if name in PASS_HEADERS or name.startswith(PASS_PREFIXES):
+                headers[name] = value
+        if account is not None and not fallback:
+            headers["authorization"] = f"Bearer {account.access_token}"
+            if account.chatgpt_account_id:
+                headers["chatgpt-account-id"] = account.chatgpt_account_id
+        elif account is None and not fallback:
+            # No routing plugin: the client's own credentials go upstream unchanged.
+            for name in ("authorization", "chatgpt-account-id"):
+                if name in client:
+                    headers[name] = client[name]
+        headers["originator"] = client.get("originator") if ex.is_codex_client and client.get("originator") else cfg.originator
+        headers["user-agent"] = client.get("user-agent", "") if ex.is_codex_client else cfg.user_agent
+        if ex.session_id:
+            headers["session_id"] = ex.session_id
+        headers["accept"] = "text/event-stream"
+        headers["content-type"] = "application/json"
+        headers["accept-encoding"] = "identity"  # SSE must not come compressed: we parse it
+        self.hook.codexproxy_upstream_request(app=self.app, exchange=ex, headers=headers)
+        body = json.dumps(ex.upstream_body, ensure_ascii=False).encode() if ex.upstream_body is not None else ex.body
+        req = flow.request
+        req.url = url
+        req.headers.clear()
+        for name, value in headers.items():
+            if value is None or not str(value).isascii():
+                continue  # a non-ASCII header value would be rejected upstream or corrupt the request
+            req.headers[name] = str(value)
+        req.content = body
+        flow.metadata[ACTIVITY] = time.monotonic()
+        self.active[flow.id] = flow
+
+    # --- mitmproxy events -----------------------------------------------------------------
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        length = flow.request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.app.config.limits.max_body_bytes:
+            flow.metadata["codexproxy.too_large"] = True
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        # Not a forward proxy: CONNECT never opens a tunnel anywhere.
+        flow.response = http.Response.make(405, json.dumps(GatewayError(405, "CONNECT is not supported: this is a gateway, not a forward proxy.").openai_body()), {"content-type": "application/json"})
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        ex: Exchange | None = None
+        try:
+            ex = self._exchange(flow)
+            flow.metadata[EXCHANGE] = ex
+            if self.closing:
+                raise GatewayError(503, "The proxy is shutting down.", type="server_error", code="shutting_down")
+            route = self.hook.codexproxy_route(app=self.app, exchange=ex)
+            if route is None:
+                ex.route = Route(kind="local", protocol="none", needs_key=False, name="unknown")
+                raise GatewayError(404, f"Unknown route: {ex.method} {ex.path}", code="not_found")
+            ex.route = route
+            if flow.metadata.get("codexproxy.too_large") or len(ex.body) > self.app.config.limits.max_body_bytes:
+                raise GatewayError(413, f"Request body is larger than limits.max_body_bytes ({self.app.config.limits.max_body_bytes} bytes).", code="request_too_large")
+            if route.needs_key:
+                ex.key = self.hook.codexproxy_authenticate(app=self.app, exchange=ex)
+            if route.kind == "local":
+                assert route.handler is not None
+                local = await asyncio.to_thread(route.handler, self.app, ex)
+                body, headers = local.encoded()
+                ex.status = local.status
+                flow.response = http.Response.make(local.status, body, headers)
+                return
+            self.hook.codexproxy_prepare_request(app=self.app, exchange=ex)
+            account = await self._select_account(ex)
+            self._prepare_attempt(flow, ex, account)
+        except GatewayError as err:
+            self._answer(flow, ex, err)
+        except Exception:
+            self._fail_closed(flow, ex, "request handling")
+
+    async def _select_account(self, ex: Exchange) -> Any:
+        return self.hook.codexproxy_select_account(app=self.app, exchange=ex)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        ex: Exchange | None = flow.metadata.get(EXCHANGE)
+        if ex is None or not ex.attempts or ex.route is None or ex.route.kind != "upstream" or flow.response is None:
+            return
+        try:
+            attempt = ex.attempts[-1]
+            resp = flow.response
+            attempt.status = resp.status_code
+            attempt.headers = {k.lower(): v for k, v in resp.headers.items()}
+            self.hook.codexproxy_upstream_response(app=self.app, exchange=ex, attempt=attempt)
+            if resp.status_code >= 400:
+                flow.metadata[failover.RETRY] = True
+                return
+            attempt.finish()
+            transform = self.hook.codexproxy_response_transform(app=self.app, exchange=ex) or PassthroughTransform()
+            status, headers = transform.start(resp.status_code, dict(attempt.headers))
+            ex.status = status
+            resp.status_code = status
+            self._set_client_headers(resp, headers)
+            if ex.client_stream:
+                resp.headers["transfer-encoding"] = "chunked"
+                resp.headers.pop("content-length", None)
+                resp.stream = StreamPump(flow, ex, transform)
+            else:
+                flow.metadata["codexproxy.transform"] = transform
+        except Exception:
+            log.error("responseheaders failed: %s", traceback.format_exc(limit=6))
+            flow.metadata[failover.RETRY] = True  # never stream a half-processed answer
+
+    @staticmethod
+    def _set_client_headers(resp: http.Response, headers: dict[str, str]) -> None:
+        resp.headers.clear()
+        for name, value in headers.items():
+            if name in ("connection", "keep-alive", "transfer-encoding", "content-encoding", "set-cookie", "alt-svc", "strict-transport-security"):
+                continue
+            resp.headers[name] = value
+
+    async def upstream_retry(self, flow: http.HTTPFlow) -> None:
+        """Custom blocking hook from failover.py: the attempt failed before the first byte."""
+        ex: Exchange | None = flow.metadata.get(EXCHANGE)
+        if ex is None or not ex.attempts:
+            return
+        try:
+            attempt = ex.attempts[-1]
+            transport_error = flow.metadata.pop("codexproxy.transport_error", None)
+            if transport_error:
+                attempt.error = transport_error
+                attempt.status = None
+            elif flow.response is not None:
+                attempt.body = flow.response.raw_content or b""
+            attempt.finish()
+            if transport_error:
+                self.hook.codexproxy_upstream_response(app=self.app, exchange=ex, attempt=attempt)
+            decision = None
+            if len(ex.attempts) < MAX_ATTEMPTS_HARD_CAP:
+                decision = await asyncio.to_thread(self.hook.codexproxy_upstream_failed, app=self.app, exchange=ex, attempt=attempt)
+            if isinstance(decision, Retry):
+                attempt.reason = attempt.reason or decision.reason or None
+                self._prepare_attempt(flow, ex, decision.account, fallback=decision.use_fallback)
+                flow.metadata[failover.RETRY_AGAIN] = True
+                return
+            if isinstance(decision, GatewayError):
+                self._answer(flow, ex, decision)
+            elif transport_error:
+                self._answer(flow, ex, GatewayError(502, f"Upstream unreachable: {transport_error}", type="upstream_error", code="upstream_unreachable"))
+            else:
+                self._pass_error_through(flow, ex, attempt)
+        except Exception:
+            self._fail_closed(flow, ex, "upstream failure handling")
+        if flow.response is not None:
+            ex.status = flow.response.status_code
+
+    def _pass_error_through(self, flow: http.HTTPFlow, ex: Exchange, attempt: Attempt) -> None:
+        payload = attempt.json_body()
+        error = payload.get("error") if isinstance(payload, dict) else None
+        message = (error.get("message") if isinstance(error, dict) else None) or (payload.get("detail") if isinstance(payload, dict) else None)
+        ex.error = f"upstream {attempt.status}: {message or attempt.body[:200].decode('utf-8', 'replace')}"
+        if ex.protocol == "responses" and payload is not None:
+            resp = http.Response.make(attempt.status or 502, attempt.body, {"content-type": "application/json"})
+            for name in ("retry-after",):
+                if name in attempt.headers:
+                    resp.headers[name] = attempt.headers[name]
+            flow.response = resp
+            return
+        err = GatewayError(attempt.status or 502, message or f"Upstream answered {attempt.status}.",
+                           type=(error or {}).get("type") or ("invalid_request_error" if (attempt.status or 500) < 500 else "upstream_error"),
+                           code=(error or {}).get("code"))
+        if "retry-after" in attempt.headers:
+            err.headers["retry-after"] = attempt.headers["retry-after"]
+        self._answer(flow, ex, err)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        ex: Exchange | None = flow.metadata.get(EXCHANGE)
+        if ex is None:
+            return
+        transform = flow.metadata.pop("codexproxy.transform", None)
+        if transform is not None and flow.response is not None:
+            self._finish_buffered(flow, ex, transform)
+        if ex.status is None and flow.response is not None:
+            ex.status = flow.response.status_code
+        self._done(flow, ex)
+
+    def _finish_buffered(self, flow: http.HTTPFlow, ex: Exchange, transform: Any) -> None:
+        """A client that asked for no stream: the whole upstream SSE is here; convert it."""
+        try:
+            pump = StreamPump(flow, ex, transform)
+            body = flow.response.raw_content or b""
+            events_ = pump.parser.feed(body) + pump.parser.flush()
+            for event in events_:
+                pump._observe(event)
+            out = transform.feed(body, events_)
+            error = None
+            if pump.failed is not None:
+                error = pump.failed
+            elif not ex.completed:
+                error = GatewayError(502, "upstream stream ended before response.completed", type="upstream_error", code="stream_incomplete")
+            if error is not None:
+                status_from_code = {"context_length_exceeded": 400, "insufficient_quota": 429, "usage_not_included": 429, "rate_limit_exceeded": 429, "server_is_overloaded": 503}
+                error.status = status_from_code.get(error.code or "", error.status)
+                self._answer(flow, ex, error)
+                ex.status = flow.response.status_code
+                return
+            out += transform.finish(None)
+            flow.response.content = out
+            ex.ttfb_ms = ex.elapsed_ms()
+        except Exception:
+            self._fail_closed(flow, ex, "response conversion")
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        ex: Exchange | None = flow.metadata.get(EXCHANGE)
+        if ex is None:
+            return
+        if flow.error is not None and not ex.error:
+            ex.error = "client disconnected" if "disconnect" in flow.error.msg.lower() else flow.error.msg
+        self._done(flow, ex)
+
+    def _done(self, flow: http.HTTPFlow, ex: Exchange) -> None:
+        self.active.pop(flow.id, None)
+        if ex.meta.get("_done"):
+            return
+        ex.meta["_done"] = True
+        if ex.attempts:
+            ex.attempts[-1].finish()
+        if transport_error := flow.metadata.get("codexproxy.transport_error"):
+            ex.error = ex.error or f"upstream stream failed: {transport_error}"
+        try:
+            self.hook.codexproxy_exchange_done(app=self.app, exchange=ex)
+        except Exception:
+            log.error("exchange_done hook failed: %s", traceback.format_exc(limit=6))
+
+    # --- idle upstreams ---------------------------------------------------------------------
+    async def watch_idle(self, proxyserver: Any) -> None:
+        """Inject IdleTimeout into flows whose upstream has been silent too long."""
+        idle = self.app.config.upstream.stream_idle_timeout_s
+        period = max(0.05, min(1.0, idle / 4))
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            for flow_id, flow in list(self.active.items()):
+                last = flow.metadata.get(ACTIVITY, now)
+                if now - last < idle or not flow.live:
+                    continue
+                flow.metadata[ACTIVITY] = now  # once per idle period
+                try:
+                    proxyserver.inject_event(events.MessageInjected(flow, failover.IdleTimeout(f"no data from upstream for {idle:g}s")))
+                except (ValueError, KeyError):
+                    self.active.pop(flow_id, None)

@@ -1,0 +1,137 @@
+"""Running the proxy: a bare mitmproxy Master in reverse mode, started and stopped cleanly.
+
+Why a bare Master (REFERENCE §5): DumpMaster exits the process on any error log at start-up
+and prints every flow; we want our own logging and a bind failure reported as one line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import signal
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+from mitmproxy import options
+from mitmproxy.addons import core, next_layer, proxyserver, tlsconfig
+from mitmproxy.master import Master
+
+from . import failover
+from .proxy import Gateway
+
+log = logging.getLogger("codexproxy")
+
+
+class StartupError(Exception):
+    """The proxy could not start; the message is one line for the user."""
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class ProxyServer:
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.master: Master | None = None
+        self.gateway = Gateway(app)
+        self.port: int | None = None
+        self._watchdog: asyncio.Task | None = None
+
+    async def start(self) -> str:
+        """Bind and start serving; returns the base URL (http://host:port)."""
+        cfg = self.app.config
+        failover.install()
+        origin = urlsplit(cfg.upstream.base_url)
+        opts = options.Options(
+            listen_host=cfg.server.host,
+            listen_port=cfg.server.port,
+            mode=[f"reverse:{origin.scheme}://{origin.netloc}"],
+            confdir=str(self.app.data_dir / "mitmproxy"),
+        )
+        self.master = Master(opts, event_loop=asyncio.get_running_loop())
+        self.proxyserver = proxyserver.Proxyserver()
+        self.master.addons.add(core.Core(), self.proxyserver, next_layer.NextLayer(), tlsconfig.TlsConfig(), self.gateway)
+        limit = cfg.limits.max_body_bytes
+        opts.update(
+            # lazy: never connect upstream before our hooks chose where (and whether) to go.
+            connection_strategy="lazy",
+            # A hard cap well above ours: our own check answers 413 in the client's protocol,
+            # this one only stops absurd bodies from being buffered at all.
+            body_size_limit=str(limit * 2 + 1024 * 1024),
+            keep_host_header=False,
+            http2=False,  # the failover re-send needs HTTP/1.1 upstream
+            ssl_insecure=not cfg.upstream.ssl_verify,
+            ssl_verify_upstream_trusted_ca=cfg.upstream.ca_file,
+            tcp_timeout=max(600, int(cfg.upstream.stream_idle_timeout_s) + 60),
+        )
+        self.app.running = True
+        self.app.hook.codexproxy_startup(app=self.app)
+        self._run_task = asyncio.create_task(self.master.run())
+        for _ in range(200):
+            await asyncio.sleep(0.02)
+            if self.proxyserver.is_running or self._run_task.done():
+                break
+        addrs = self.proxyserver.listen_addrs()
+        if not addrs:
+            self.master.shutdown()
+            raise StartupError(f"cannot listen on {cfg.server.host}:{cfg.server.port} (address in use or not available)")
+        self.port = addrs[0][1]
+        host = cfg.server.host
+        shown = f"[{host}]" if ":" in host else host
+        base = f"http://{shown}:{self.port}"
+        self.app.public_url = base
+        if not _is_loopback(host):
+            log.warning("listening on %s:%s, which is reachable from other machines: anyone who can reach it and holds a platform key can use your accounts", host, self.port)
+        self._watchdog = asyncio.create_task(self.gateway.watch_idle(self.proxyserver))
+        self.app.start_background()
+        return base
+
+    async def stop(self) -> None:
+        """Close the listeners, let in-flight streams finish (bounded), then shut down."""
+        if self.master is None:
+            return
+        self.gateway.closing = True
+        try:
+            await self.proxyserver.servers.update([])
+        except Exception:
+            log.debug("closing listeners failed", exc_info=True)
+        deadline = asyncio.get_running_loop().time() + self.app.config.server.drain_timeout_s
+        while self.gateway.active and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        if self._watchdog:
+            self._watchdog.cancel()
+        self.master.shutdown()
+        try:
+            await asyncio.wait_for(self._run_task, timeout=5)
+        except (asyncio.TimeoutError, Exception):
+            pass
+        try:
+            self.app.hook.codexproxy_shutdown(app=self.app)
+        finally:
+            self.app.close()
+            self.app.running = False
+
+
+async def serve(app: Any, on_ready: Callable[[str], None] | None = None) -> None:
+    """Run until SIGINT/SIGTERM."""
+    server = ProxyServer(app)
+    base = await server.start()
+    if on_ready:
+        on_ready(base)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    await stop.wait()
+    log.info("stopping: draining in-flight requests")
+    await server.stop()

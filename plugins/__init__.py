@@ -1,0 +1,1 @@
+"""The built-in codexproxy plugins: one module per concern, on the hooks of codexproxy.hookspecs."""

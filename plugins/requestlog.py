@@ -1,0 +1,176 @@
+"""logging: one request-log row per client request, and the `codexproxy logs` command.
+
+Rows go to the core's append-only LogStore (flat cost per write). Turned off, nothing is
+written. Tokens never reach a row: only ids, names and counts.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from typing import Any, Callable
+
+from pydantic import Field
+
+from codexproxy import hookimpl
+from codexproxy.config import PluginConfig
+
+FIELDS = ("time", "id", "key_id", "key_name", "account_id", "account", "protocol", "method", "path", "model", "effort",
+          "status", "latency_ms", "ttfb_ms", "input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens",
+          "attempts", "error")
+
+
+class LoggingConfig(PluginConfig):
+    retention: int = Field(100_000, ge=100)
+
+
+@hookimpl
+def codexproxy_config_model():
+    return LoggingConfig
+
+
+@hookimpl
+def codexproxy_startup(app):
+    app.logs.retention = app.plugin_config("logging").retention
+
+
+def row_for(exchange) -> dict[str, Any]:
+    key = exchange.key
+    account = exchange.account
+    usage = exchange.usage
+    return {
+        "time": exchange.started,
+        "id": exchange.id,
+        "key_id": getattr(key, "id", None),
+        "key_name": getattr(key, "name", None),
+        "account_id": getattr(account, "id", None),
+        "account": getattr(account, "email", None) or getattr(account, "label", None),
+        "protocol": exchange.protocol,
+        "method": exchange.method,
+        "path": exchange.path,
+        "model": exchange.model,
+        "effort": exchange.effort,
+        "status": exchange.status,
+        "latency_ms": exchange.elapsed_ms(),
+        "ttfb_ms": exchange.ttfb_ms,
+        "input_tokens": usage.input_tokens if usage else None,
+        "cached_tokens": usage.cached_tokens if usage else None,
+        "output_tokens": usage.output_tokens if usage else None,
+        "reasoning_tokens": usage.reasoning_tokens if usage else None,
+        "attempts": [a.as_log() for a in exchange.attempts],
+        "error": exchange.error,
+    }
+
+
+@hookimpl
+def codexproxy_exchange_done(app, exchange):
+    if exchange.route is not None and exchange.route.name == "health":
+        return  # liveness probes would drown the log
+    app.logs.append(row_for(exchange))
+
+
+# --- the query syntax: path: method: model: key: account: status: (5xx), =exact, bare words ---
+FIELD_ALIASES = {"path": ("path",), "method": ("method",), "model": ("model",), "key": ("key_name", "key_id"),
+                 "account": ("account", "account_id"), "status": ("status",), "protocol": ("protocol",), "error": ("error",)}
+
+
+def compile_query(query: str) -> Callable[[dict[str, Any]], bool]:
+    """`status:5xx model:=gpt-5 timeout` -> a row predicate (all terms must match)."""
+    tests: list[Callable[[dict[str, Any]], bool]] = []
+    for term in query.split():
+        name, sep, value = term.partition(":")
+        if sep and name.lower() in FIELD_ALIASES and value:
+            tests.append(_field_test(FIELD_ALIASES[name.lower()], value))
+        else:
+            needle = term.lower()
+            tests.append(lambda row, n=needle: n in json.dumps(row, ensure_ascii=False).lower())
+    return lambda row: all(t(row) for t in tests)
+
+
+def _field_test(fields: tuple[str, ...], value: str) -> Callable[[dict[str, Any]], bool]:
+    exact = value.startswith("=")
+    value = value[1:] if exact else value
+    low = value.lower()
+    if fields == ("status",) and len(low) == 3 and low.endswith("xx") and low[0].isdigit():
+        first = int(low[0])
+        return lambda row: isinstance(row.get("status"), int) and row["status"] // 100 == first
+
+    def test(row: dict[str, Any]) -> bool:
+        for field in fields:
+            have = row.get(field)
+            if have is None:
+                continue
+            have = str(have).lower()
+            if (have == low) if exact or field == "status" else (low in have):
+                return True
+        return False
+
+    return test
+
+
+def cmd_logs(app, args) -> int:
+    words = list(args.query)
+    if words[:1] == ["clear"]:
+        return cmd_logs_clear(app, args)
+    if words[:1] == ["export"]:
+        args.query = words[1:]
+        return cmd_logs_export(app, args)
+    match = compile_query(" ".join(words)) if words else None
+    rows = app.logs.query(match, limit=args.limit, offset=args.offset)
+    if args.json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return 0
+    import time as _time
+
+    for r in rows:
+        tokens = f"{r.get('input_tokens') or 0}/{r.get('output_tokens') or 0}"
+        tries = len(r.get("attempts") or [])
+        print(f"{_time.strftime('%m-%d %H:%M:%S', _time.localtime(r.get('time') or 0))}  {r.get('status') or '-':>3}  "
+              f"{r.get('method', '')} {r.get('path', '')}  model={r.get('model') or '-'}  key={r.get('key_name') or '-'}  "
+              f"account={r.get('account') or r.get('account_id') or '-'}  {r.get('latency_ms') or 0:.0f}ms  tokens={tokens}"
+              f"{f'  attempts={tries}' if tries > 1 else ''}{'  error=' + str(r['error']) if r.get('error') else ''}")
+    if not rows:
+        print("(no matching requests)")
+    return 0
+
+
+def cmd_logs_clear(app, args) -> int:
+    print(f"cleared {app.logs.clear()} request log rows")
+    return 0
+
+
+def cmd_logs_export(app, args) -> int:
+    match = compile_query(" ".join(args.query)) if args.query else None
+    out = open(args.out, "w", newline="") if args.out else sys.stdout
+    try:
+        if args.format == "jsonl":
+            for row in app.logs.query(match, limit=10**9):
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        else:
+            writer = csv.DictWriter(out, fieldnames=FIELDS, extrasaction="ignore")
+            writer.writeheader()
+            for row in app.logs.query(match, limit=10**9):
+                row = dict(row, attempts=json.dumps(row.get("attempts") or []))
+                writer.writerow(row)
+    finally:
+        if args.out:
+            out.close()
+            import os
+
+            os.chmod(args.out, 0o600)
+    return 0
+
+
+@hookimpl
+def codexproxy_cli_commands(cli):
+    p = cli.command(None, "logs", "request logs: `logs [QUERY]`, `logs clear`, `logs export [QUERY] --format jsonl|csv`; "
+                                  "QUERY like status:5xx model:gpt-5 key:laptop account:a@x.com path:/v1 =exact words")
+    p.add_argument("query", nargs="*")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--offset", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--format", choices=("jsonl", "csv"), default="jsonl", help="for `logs export`")
+    p.add_argument("--out", help="for `logs export`: file to write (mode 0600); default stdout")
+    p.set_defaults(func=cmd_logs)

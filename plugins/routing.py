@@ -1,0 +1,297 @@
+"""routing: which account serves a request, and what to do when it fails.
+
+Strategies: ordered (sort order), balanced (round-robin start per key+model), least_used (most
+remaining quota). Sticky sessions keep a conversation on its account for prompt-cache hits.
+Failures before the first byte follow the table in docs (cooldowns honour reset times); the
+core re-sends and the retried answer still streams.
+Turned off, the client's own credentials go upstream unchanged.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import threading
+import time
+from typing import Any, Literal
+
+from pydantic import Field
+
+from codexproxy import hookimpl
+from codexproxy.config import PluginConfig
+from codexproxy.exchange import GatewayError, Retry
+
+log = logging.getLogger("codexproxy.routing")
+
+COOL_5XX = (30.0, 60.0)
+COOL_CHALLENGE = 120.0
+COOL_MAX = 30 * 60.0
+
+
+class RoutingConfig(PluginConfig):
+    strategy: Literal["ordered", "balanced", "least_used"] = "ordered"
+    sticky_ttl_s: float = Field(3600.0, ge=0)
+    max_attempts: int = Field(3, ge=1, le=10)
+
+
+@hookimpl
+def codexproxy_config_model():
+    return RoutingConfig
+
+
+class Router:
+    """In-memory routing state of this process (sticky map, round-robin cursors, inflight)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.sticky: dict[str, tuple[str, float]] = {}
+        self.cursors: dict[tuple, itertools.count] = {}
+        self.inflight: dict[str, int] = {}
+        self.stats: dict[str, int] = {}  # failovers and cooldowns by reason, for metrics
+
+    def count(self, what: str) -> None:
+        with self.lock:
+            self.stats[what] = self.stats.get(what, 0) + 1
+
+
+def _router(app) -> Router:
+    return app.plugin_state("routing", Router)
+
+
+def _remaining(account) -> tuple:
+    primary = account.primary.used_percent if account.primary else 0.0
+    secondary = account.secondary.used_percent if account.secondary else 0.0
+    reset = account.primary.reset_at if account.primary and account.primary.reset_at else float("inf")
+    return (primary, secondary, reset)
+
+
+def candidates(app, exchange) -> list:
+    """Accounts that may serve this request now, in strategy order (tried ones excluded)."""
+    cfg = app.plugin_config("routing")
+    tried = set(exchange.tried_accounts())
+    key = exchange.key
+    pool = [a for a in app.accounts.ordered() if a.is_available() and a.id not in tried]
+    if key is not None and getattr(key, "account_id", None):
+        pool = [a for a in pool if a.id == key.account_id]
+    elif key is not None and getattr(key, "group", None):
+        pool = [a for a in pool if a.group == key.group]
+    if cfg.strategy == "least_used":
+        pool.sort(key=_remaining)
+    elif cfg.strategy == "balanced" and pool:
+        router = _router(app)
+        slot = (getattr(key, "id", None), exchange.model)
+        with router.lock:
+            cursor = router.cursors.setdefault(slot, itertools.count())
+            start = next(cursor) % len(pool)
+        pool = pool[start:] + pool[:start]
+    return pool
+
+
+def _no_account_error(app, exchange) -> GatewayError:
+    accounts = [a for a in app.accounts.all() if a.enabled]
+    now = time.time()
+    statuses = [a.effective_status(now) for a in accounts]
+    exhausted = [a for a, s in zip(accounts, statuses) if s in ("exhausted_5h", "exhausted_7d")]
+    if accounts and len(exhausted) == len(accounts):
+        until = min((a.status_until for a in exhausted if a.status_until), default=now + 60)
+        wait = max(1, int(until - now + 0.999))
+        when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(until))
+        return GatewayError(429, f"Every account's usage limit is reached; the earliest resets at {when} (in {wait}s).",
+                            type="rate_limit_error", code="usage_limit_reached", headers={"retry-after": str(wait)})
+    if not accounts:
+        return GatewayError(503, "No accounts in the pool: add one with `codexproxy accounts login` or `accounts import`.",
+                            type="server_error", code="no_accounts")
+    return GatewayError(503, "No account can serve right now (all cooling down, busy or needing re-login).",
+                        type="server_error", code="no_available_account", headers={"retry-after": "30"})
+
+
+def _pick(app, exchange, pool: list):
+    """The first candidate under its inflight cap; claims a slot on it."""
+    cap = app.config.limits.account_max_inflight
+    router = _router(app)
+    with router.lock:
+        for account in pool:
+            if cap and router.inflight.get(account.id, 0) >= cap:
+                continue
+            router.inflight[account.id] = router.inflight.get(account.id, 0) + 1
+            exchange.meta.setdefault("routing_claims", []).append(account.id)
+            return account
+    return None
+
+
+@hookimpl
+def codexproxy_select_account(app, exchange):
+    cfg = app.plugin_config("routing")
+    router = _router(app)
+    pool = candidates(app, exchange)
+    if cfg.sticky_ttl_s and exchange.session_id:
+        with router.lock:
+            owner = router.sticky.get(exchange.session_id)
+        if owner and owner[1] > time.time():
+            pool.sort(key=lambda a: a.id != owner[0])  # stable: the owner first, then the strategy's order
+    if not pool:
+        raise _no_account_error(app, exchange)
+    account = _pick(app, exchange, pool)
+    if account is None:
+        raise GatewayError(429, "Every account is at its limit of concurrent requests; retry shortly.",
+                           type="rate_limit_error", code="accounts_busy", headers={"retry-after": "1"})
+    _stick(app, exchange, account)
+    return account
+
+
+def _stick(app, exchange, account) -> None:
+    ttl = app.plugin_config("routing").sticky_ttl_s
+    if ttl and exchange.session_id:
+        router = _router(app)
+        with router.lock:
+            router.sticky[exchange.session_id] = (account.id, time.time() + ttl)
+
+
+def _release(app, exchange) -> None:
+    router = _router(app)
+    with router.lock:
+        for account_id in exchange.meta.pop("routing_claims", []):
+            router.inflight[account_id] = max(0, router.inflight.get(account_id, 0) - 1)
+
+
+# --- failure handling ------------------------------------------------------------------------
+
+def _cool(app, account_id: str, seconds: float, reason: str, status: str = "cooling") -> None:
+    def change(account):
+        account.status = status
+        account.status_until = time.time() + seconds
+        account.status_reason = reason
+        if status == "cooling":
+            account.cooldown_level += 1
+    app.accounts.update(account_id, change)
+    _router(app).count(f"cooldown:{reason}")
+    log.info("account %s %s for %.0fs: %s", account_id, status, seconds, reason)
+
+
+def _reauth(app, account_id: str, reason: str) -> None:
+    app.accounts.update(account_id, status="reauth_required", status_reason=reason, status_until=None)
+    _router(app).count(f"cooldown:{reason}")
+    log.warning("account %s needs a new login: %s", account_id, reason)
+
+
+def classify(attempt) -> tuple[str, dict]:
+    """What went wrong, in one word, with details: usage_limit, rate_limited, unauthorized,
+    deactivated, challenge, server_error, transport, client_error."""
+    if attempt.error and attempt.status is None:
+        return "transport", {}
+    status = attempt.status or 0
+    body = attempt.json_body()
+    text = attempt.body[:4096].decode("utf-8", "replace").lower()
+    error = body.get("error") if isinstance(body, dict) else None
+    error = error if isinstance(error, dict) else {}
+    if status == 429:
+        if error.get("type") == "usage_limit_reached" or "usage_limit" in text:
+            return "usage_limit", error
+        return "rate_limited", error
+    if status in (401, 403) and "deactivated" in text:
+        return "deactivated", error
+    if status == 401:
+        return "unauthorized", error
+    if status == 403 and ("<html" in text or "just a moment" in text or "cloudflare" in text):
+        return "challenge", error
+    if status >= 500 or status == 403:
+        return "server_error", error
+    return "client_error", error
+
+
+def _usage_reset(attempt, error: dict) -> tuple[float, str]:
+    now = time.time()
+    until = None
+    if isinstance(error.get("resets_at"), (int, float)):
+        until = float(error["resets_at"])
+    elif isinstance(error.get("resets_in_seconds"), (int, float)):
+        until = now + float(error["resets_in_seconds"])
+    secondary = attempt.headers.get("x-codex-secondary-used-percent")
+    which = "exhausted_7d" if secondary and _float(secondary) >= 100 else "exhausted_5h"
+    if until is None:
+        reset = attempt.headers.get(f"x-codex-{'secondary' if which == 'exhausted_7d' else 'primary'}-reset-at")
+        until = _float(reset) if reset else now + 3600
+    return max(until, now + 1), which
+
+
+def _float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _retry_after(attempt) -> float | None:
+    value = attempt.headers.get("retry-after")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+@hookimpl
+def codexproxy_upstream_failed(app, exchange, attempt):
+    cfg = app.plugin_config("routing")
+    account_id = attempt.account_id
+    kind, error = classify(attempt)
+    attempt.reason = kind
+    if kind == "client_error":
+        return None  # the request's fault: the client gets the upstream's answer
+    if account_id is None:
+        return None  # fallback upstream or no pool credentials: nothing to fail over from
+    account = app.accounts.get(account_id)
+    level = account.cooldown_level if account else 0
+    if kind == "unauthorized":
+        already = exchange.meta.setdefault("routing_refreshed", [])
+        if account_id not in already:
+            already.append(account_id)
+            refreshed = app.hook.codexproxy_refresh_account(app=app, account_id=account_id, reason="upstream 401")
+            if refreshed is not None and refreshed.access_token:
+                _router(app).count("retry:refreshed")
+                return Retry(account=refreshed, reason="token refreshed")
+        _reauth(app, account_id, "upstream answered 401 after a token refresh" if account_id in already else "upstream answered 401")
+    elif kind == "usage_limit":
+        until, which = _usage_reset(attempt, error)
+        _cool(app, account_id, until - time.time(), "usage limit reached", status=which)
+    elif kind == "rate_limited":
+        seconds = _retry_after(attempt) or min(COOL_MAX, 2.0 ** level)
+        _cool(app, account_id, seconds, "rate limited (429)")
+    elif kind == "deactivated":
+        _reauth(app, account_id, "account deactivated")
+    elif kind == "challenge":
+        _cool(app, account_id, COOL_CHALLENGE, "Cloudflare challenge (403 HTML): check plugins.cookies")
+    else:
+        what = attempt.error or f"upstream {attempt.status}"
+        _cool(app, account_id, random.uniform(*COOL_5XX), f"{what}"[:120])
+    # Next account, if any is left and the budget allows.
+    tried = len({a.account_id for a in exchange.attempts if a.account_id})
+    if tried < cfg.max_attempts:
+        pool = candidates(app, exchange)
+        account = _pick(app, exchange, pool) if pool else None
+        if account is not None:
+            _router(app).count(f"failover:{kind}")
+            _stick(app, exchange, account)
+            return Retry(account=account, reason=kind)
+    if app.config.upstream.fallback_base_url and not any(a.account_id is None for a in exchange.attempts):
+        _router(app).count(f"failover:{kind}")
+        return Retry(account=None, use_fallback=True, reason=kind)
+    if kind in ("transport",) or (attempt.status and attempt.status >= 500):
+        err = _no_account_error(app, exchange)
+        if err.code == "no_available_account":
+            return GatewayError(503, f"Upstream failed on every account tried ({tried}): {attempt.error or attempt.status}.",
+                                type="server_error", code="upstream_unavailable", headers={"retry-after": "30"})
+        return err
+    return _no_account_error(app, exchange)
+
+
+@hookimpl
+def codexproxy_upstream_response(app, exchange, attempt):
+    """A success ends a cooldown streak (the exponential back-off starts over)."""
+    if attempt.status and attempt.status < 400 and exchange.account is not None and exchange.account.cooldown_level:
+        app.accounts.update(exchange.account.id, cooldown_level=0)
+
+
+@hookimpl
+def codexproxy_exchange_done(app, exchange):
+    _release(app, exchange)
