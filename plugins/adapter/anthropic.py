@@ -1,0 +1,424 @@
+"""Anthropic Messages on the client side (Anthropic SDK, Claude Code): request mapping to the
+Responses API, and the upstream events turned into Messages SSE or one Message object.
+
+Claude Code sends many fields the backend has no use for (max_tokens, metadata,
+context_management, cache_control, betas...): they are accepted and ignored, never rejected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from typing import Any
+
+from codexproxy.exchange import GatewayError
+from codexproxy.sse import encode
+
+from .common import (EFFORTS, Aggregate, EventStream, ToolCall, message_text, parse_model_effort,
+                     reasoning_fields, reasoning_text, usage_counts)
+
+_ROLES = ("user", "assistant", "system")
+_TOOL_ITEMS = ("function_call", "custom_tool_call")
+# Anthropic's effort names; "max" is its top level, xhigh ours.
+_EFFORT_NAMES = {"low": "low", "medium": "medium", "high": "high", "max": "xhigh"}
+
+
+def _bad(message: str, param: str) -> GatewayError:
+    return GatewayError(400, message, param=param)
+
+
+# --- request ---------------------------------------------------------------------------------
+
+def anthropic_to_responses(body: dict) -> dict:
+    """The Responses API body for an Anthropic Messages request body."""
+    if not isinstance(body, dict):
+        raise GatewayError(400, "Request body must be a JSON object.")
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise _bad("'model' is required and must be a non-empty string.", "model")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _bad("'messages' is required and must be a non-empty list.", "messages")
+    max_tokens = body.get("max_tokens")
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)):
+        raise _bad("'max_tokens' must be an integer.", "max_tokens")
+
+    items: list[dict] = []
+    if body.get("system") is not None:
+        system = _text_blocks(body["system"], "system")
+        if system:
+            items.append(_message("developer", [{"type": "input_text", "text": system}]))
+    call_ids: set[str] = set()
+    for i, msg in enumerate(messages):
+        items.extend(_convert_message(msg, f"messages[{i}]", call_ids))
+
+    name, suffix_effort = parse_model_effort(model)
+    out: dict[str, Any] = {"model": name, "instructions": "", "input": items,
+                           "store": False, "stream": True}
+    tools = _convert_tools(body.get("tools"))
+    if tools:
+        out["tools"] = tools
+        out["parallel_tool_calls"] = True
+    choice = body.get("tool_choice")
+    if choice is not None:
+        out["tool_choice"] = _convert_tool_choice(choice)
+        if choice.get("disable_parallel_tool_use") is True:
+            out["parallel_tool_calls"] = False
+    # The model suffix is the user's explicit choice; Claude Code fills thinking/effort itself.
+    out.update(reasoning_fields(suffix_effort or _requested_effort(body)))
+    user_id = (body.get("metadata") or {}).get("user_id") if isinstance(body.get("metadata"), dict) else None
+    if isinstance(user_id, str) and user_id:
+        # Claude Code's user_id names the session: a stable cache key (and sticky session)
+        # per conversation. Hashed because prompt_cache_key is length-limited.
+        out["prompt_cache_key"] = "anthropic-" + hashlib.sha256(user_id.encode()).hexdigest()[:32]
+    return out
+
+
+def _message(role: str, content: list[dict]) -> dict:
+    return {"type": "message", "role": role, "content": content}
+
+
+def _text_blocks(content: Any, where: str) -> str:
+    """Text of a string or a list of text blocks (system prompts); cache_control is ignored."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise _bad(f"'{where}' must be a string or a list of text blocks.", where)
+    texts = []
+    for j, block in enumerate(content):
+        if not isinstance(block, dict) or block.get("type") != "text":
+            raise _bad(f"'{where}[{j}].type' must be \"text\".", f"{where}[{j}].type")
+        texts.append(block.get("text") or "")
+    return "\n\n".join(t for t in texts if t)
+
+
+def _convert_message(msg: Any, where: str, call_ids: set[str]) -> list[dict]:
+    if not isinstance(msg, dict):
+        raise _bad(f"'{where}' must be an object.", where)
+    role = msg.get("role")
+    if role not in _ROLES:
+        raise _bad(f"'{where}.role' must be one of {', '.join(_ROLES)}; got {role!r}.", f"{where}.role")
+    content = msg.get("content")
+    if role == "system":  # Claude Code's mid-conversation system message
+        text = _text_blocks(content, f"{where}.content")
+        return [_message("developer", [{"type": "input_text", "text": text}])]
+    if isinstance(content, str):
+        content = [{"type": "text", "text": content}]
+    if not isinstance(content, list):
+        raise _bad(f"'{where}.content' must be a string or a list of blocks.", f"{where}.content")
+
+    items: list[dict] = []
+    parts: list[dict] = []
+    text_type = "input_text" if role == "user" else "output_text"
+    for j, block in enumerate(content):
+        at = f"{where}.content[{j}]"
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "text":
+            parts.append({"type": text_type, "text": block.get("text") or ""})
+            continue
+        if kind in ("thinking", "redacted_thinking"):
+            continue  # cannot be replayed: the backend's reasoning needs its own encrypted content
+        if role == "user" and kind == "image":
+            parts.append(_image(block, at))
+            continue
+        if role == "user" and kind == "document":
+            parts.append(_document(block, at))
+            continue
+        # Tool blocks become items of their own: close the message being built first.
+        if parts:
+            items.append(_message(role, parts))
+            parts = []
+        if role == "assistant" and kind == "tool_use":
+            items.append(_tool_use(block, at, call_ids))
+        elif role == "user" and kind == "tool_result":
+            items.extend(_tool_result(block, at, call_ids))
+        else:
+            raise _bad(f"'{at}.type' {kind!r} is not supported in a {role} message.", f"{at}.type")
+    if parts:
+        items.append(_message(role, parts))
+    return items
+
+
+def _image(block: dict, at: str) -> dict:
+    source = block.get("source") if isinstance(block.get("source"), dict) else {}
+    if source.get("type") == "base64" and isinstance(source.get("data"), str):
+        media_type = source.get("media_type") or "image/png"
+        return {"type": "input_image", "image_url": f"data:{media_type};base64,{source['data']}"}
+    if source.get("type") == "url" and isinstance(source.get("url"), str):
+        return {"type": "input_image", "image_url": source["url"]}
+    raise _bad(f"'{at}.source' must be a base64 or url image source.", f"{at}.source")
+
+
+def _document(block: dict, at: str) -> dict:
+    source = block.get("source") if isinstance(block.get("source"), dict) else {}
+    if source.get("type") == "text" and isinstance(source.get("data"), str):
+        return {"type": "input_text", "text": source["data"]}
+    if source.get("type") == "base64" and isinstance(source.get("data"), str):
+        media_type = source.get("media_type") or "application/pdf"
+        return {"type": "input_file", "filename": block.get("title") or "document.pdf",
+                "file_data": f"data:{media_type};base64,{source['data']}"}
+    if source.get("type") == "url" and isinstance(source.get("url"), str):
+        return {"type": "input_file", "file_url": source["url"]}
+    raise _bad(f"'{at}.source' must be a text, base64 or url document source.", f"{at}.source")
+
+
+def _tool_use(block: dict, at: str, call_ids: set[str]) -> dict:
+    if not isinstance(block.get("id"), str) or not isinstance(block.get("name"), str):
+        raise _bad(f"'{at}.id' and '{at}.name' must be strings.", f"{at}.id")
+    call_ids.add(block["id"])
+    return {"type": "function_call", "call_id": block["id"], "name": block["name"],
+            "arguments": json.dumps(block.get("input") or {}, ensure_ascii=False)}
+
+
+def _tool_result(block: dict, at: str, call_ids: set[str]) -> list[dict]:
+    call_id = block.get("tool_use_id")
+    if not isinstance(call_id, str) or not call_id:
+        raise _bad(f"'{at}.tool_use_id' is required.", f"{at}.tool_use_id")
+    content = block.get("content")
+    texts, images = [], []
+    for sub in [content] if isinstance(content, str) else content or []:
+        if isinstance(sub, str):
+            texts.append(sub)
+        elif isinstance(sub, dict) and sub.get("type") == "text":
+            texts.append(sub.get("text") or "")
+        elif isinstance(sub, dict) and sub.get("type") == "image":
+            images.append(_image(sub, at))
+        else:  # other result blocks (search results...) reach the model as their JSON
+            texts.append(json.dumps(sub, ensure_ascii=False))
+    output = "\n".join(texts)
+    if block.get("is_error"):
+        output = "Error: " + output
+    if call_id not in call_ids:
+        # The backend rejects an output without its call in the input (trimmed history):
+        # keep the result as plain context instead of failing the request.
+        items = [_message("user", [{"type": "input_text", "text": f"[tool result {call_id}]\n{output}"}])]
+    else:
+        items = [{"type": "function_call_output", "call_id": call_id, "output": output}]
+    if images:  # a function_call_output carries text only: images follow as a user message
+        items.append(_message("user", [{"type": "input_text", "text": f"[images from tool result {call_id}]"},
+                                       *images]))
+    return items
+
+
+def _convert_tools(tools: Any) -> list[dict]:
+    if tools is None:
+        return []
+    if not isinstance(tools, list):
+        raise _bad("'tools' must be a list.", "tools")
+    out = []
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, dict) or not isinstance(tool.get("name"), str) or not tool["name"]:
+            raise _bad(f"'tools[{i}].name' must be a non-empty string.", f"tools[{i}].name")
+        if tool.get("type") not in (None, "custom") and "input_schema" not in tool:
+            continue  # Anthropic-hosted tools (web_search_..., bash_...) cannot run upstream
+        flat = {"type": "function", "name": tool["name"],
+                "parameters": tool.get("input_schema") or {"type": "object", "properties": {}},
+                "strict": False}  # Responses defaults to strict; Anthropic schemas are not strict
+        if isinstance(tool.get("description"), str):
+            flat["description"] = tool["description"]
+        out.append(flat)
+    return out
+
+
+def _convert_tool_choice(choice: Any) -> Any:
+    kind = choice.get("type") if isinstance(choice, dict) else None
+    if kind in ("auto", "none"):
+        return kind
+    if kind == "any":
+        return "required"
+    if kind == "tool":
+        if not isinstance(choice.get("name"), str):
+            raise _bad("'tool_choice.name' must be a string.", "tool_choice.name")
+        return {"type": "function", "name": choice["name"]}
+    raise _bad("'tool_choice.type' must be auto, any, tool or none.", "tool_choice.type")
+
+
+def _requested_effort(body: dict) -> str | None:
+    effort = None
+    thinking = body.get("thinking")
+    if isinstance(thinking, dict):
+        kind = thinking.get("type")
+        if kind == "enabled":
+            budget = thinking.get("budget_tokens")
+            budget = budget if isinstance(budget, int) else 8192
+            effort = "low" if budget <= 4096 else "medium" if budget <= 16384 else "high"
+        elif kind == "adaptive":
+            effort = "medium"
+        elif kind == "disabled":
+            effort = "none"
+    config = body.get("output_config")
+    wanted = config.get("effort") if isinstance(config, dict) else None
+    if isinstance(wanted, str):
+        wanted = wanted.lower()
+        effort = _EFFORT_NAMES.get(wanted) or (wanted if wanted in EFFORTS else effort)
+    return effort
+
+
+def estimate_tokens(body: Any) -> int:
+    """A count_tokens answer without a tokenizer: about four characters per token."""
+    return max(1, len(json.dumps(body, ensure_ascii=False)) // 4)
+
+
+_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
+                529: "overloaded_error"}
+
+
+def anthropic_error_body(err: GatewayError) -> dict:
+    kind = _ERROR_TYPES.get(err.status) or ("api_error" if err.status >= 500 else "invalid_request_error")
+    return {"type": "error", "error": {"type": kind, "message": err.message}}
+
+
+# --- response --------------------------------------------------------------------------------
+
+def _stop_reason(terminal: str | None, incomplete_reason: str | None, used_tools: bool) -> str:
+    if terminal == "response.incomplete":
+        return "refusal" if incomplete_reason == "content_filter" else "max_tokens"
+    return "tool_use" if used_tools else "end_turn"
+
+
+def _usage(usage: dict) -> dict:
+    counts = usage_counts(usage)
+    # Anthropic counts cached input apart: input_tokens + cache_read_input_tokens = the prompt.
+    return {"input_tokens": counts["input"] - counts["cached"], "output_tokens": counts["output"],
+            "cache_read_input_tokens": counts["cached"]}
+
+
+def _tool_input(item: dict) -> dict:
+    if item.get("type") == "custom_tool_call":  # free-form input: wrapped in an object
+        return {"input": item.get("input") or ""}
+    try:
+        value = json.loads(item.get("arguments") or "{}")
+    except ValueError:
+        value = None
+    return value if isinstance(value, dict) else {"_raw_arguments": item.get("arguments")}
+
+
+class AnthropicStream(EventStream):
+    """Upstream Responses events -> Anthropic Messages SSE, event by event.
+
+    Anthropic blocks are strictly sequential (one open at a time); Responses output items are
+    too, so each reasoning item, message text and tool call becomes one block.
+    """
+
+    def __init__(self, model: str, message_id: str | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.message_id = message_id or f"msg_{uuid.uuid4().hex}"
+        self._started = False
+        self._open: tuple[str, Any] | None = None  # (block kind, output index) of the open block
+        self._index = 0  # index of the open (or next) block
+
+    def on_created(self) -> bytes:
+        return self._message_start()
+
+    def on_text(self, index: Any, text: str) -> bytes:
+        return self._open_block(("text", index), {"type": "text", "text": ""}) + \
+            self._delta({"type": "text_delta", "text": text})
+
+    def on_reasoning_part(self, index: Any) -> bytes:
+        # A new summary part of the open thinking block: a paragraph break.
+        return self.on_reasoning(index, "\n\n") if self._open == ("thinking", index) else b""
+
+    def on_reasoning(self, index: Any, text: str) -> bytes:
+        block = {"type": "thinking", "thinking": "", "signature": ""}
+        return self._open_block(("thinking", index), block) + \
+            self._delta({"type": "thinking_delta", "thinking": text})
+
+    def on_tool_start(self, index: Any, call: ToolCall, item: dict[str, Any]) -> bytes:
+        block = {"type": "tool_use", "id": item.get("call_id") or item.get("id"),
+                 "name": item.get("name") or "", "input": {}}
+        out = self._open_block(("tool", index), block)
+        if call.custom:  # free-form input streams as the string value of {"input": ...}
+            out += self._json_delta('{"input":"')
+        return out
+
+    def on_tool_input(self, index: Any, call: ToolCall, fragment: str) -> bytes:
+        if self._open != ("tool", index):
+            return b""
+        if call.custom:
+            fragment = json.dumps(fragment, ensure_ascii=False)[1:-1]
+        return self._json_delta(fragment)
+
+    def on_item_done(self, index: Any, item: dict[str, Any]) -> bytes:
+        return self._close() if self._open is not None and self._open[1] == index else b""
+
+    def on_end(self, kind: str, response: dict[str, Any]) -> bytes:
+        details = response.get("incomplete_details")
+        reason = details.get("reason") if isinstance(details, dict) else None
+        stop = _stop_reason(kind, reason, bool(self.calls))
+        return self._message_start() + self._close() + \
+            self._ev("message_delta", {"delta": {"stop_reason": stop, "stop_sequence": None},
+                                       "usage": _usage(response.get("usage") or {})}) + \
+            self._ev("message_stop", {})
+
+    def render_error(self, error: GatewayError) -> bytes:
+        return encode("error", anthropic_error_body(error))
+
+    def _ev(self, name: str, payload: dict) -> bytes:
+        return encode(name, {"type": name, **payload})
+
+    def _message_start(self) -> bytes:
+        if self._started:
+            return b""
+        self._started = True
+        return self._ev("message_start", {"message": {
+            "id": self.message_id, "type": "message", "role": "assistant", "model": self.model,
+            "content": [], "stop_reason": None, "stop_sequence": None,
+            "usage": {"input_tokens": 0, "output_tokens": 0}}})
+
+    def _open_block(self, key: tuple[str, Any], block: dict) -> bytes:
+        if self._open == key:
+            return b""
+        out = self._message_start() + self._close()
+        self._open = key
+        return out + self._ev("content_block_start", {"index": self._index, "content_block": block})
+
+    def _close(self) -> bytes:
+        if self._open is None:
+            return b""
+        call = self.calls.get(self._open[1]) if self._open[0] == "tool" else None
+        out = self._json_delta('"}') if call is not None and call.custom else b""
+        out += self._ev("content_block_stop", {"index": self._index})
+        self._open = None
+        self._index += 1
+        return out
+
+    def _delta(self, delta: dict) -> bytes:
+        return self._ev("content_block_delta", {"index": self._index, "delta": delta})
+
+    def _json_delta(self, fragment: str) -> bytes:
+        return self._delta({"type": "input_json_delta", "partial_json": fragment})
+
+
+class AnthropicAggregate(Aggregate):
+    """Upstream Responses events -> one Anthropic Message JSON (non-stream clients)."""
+
+    def __init__(self, model: str, message_id: str | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.message_id = message_id or f"msg_{uuid.uuid4().hex}"
+
+    def error_body(self, error: GatewayError) -> dict[str, Any]:
+        return anthropic_error_body(error)
+
+    def body(self) -> dict[str, Any]:
+        """The Message object for what the accumulator holds."""
+        content: list[dict] = []
+        for item in self.acc.output():
+            kind = item.get("type")
+            if kind == "reasoning" and reasoning_text(item):
+                content.append({"type": "thinking", "thinking": reasoning_text(item), "signature": ""})
+            elif kind == "message" and message_text(item):
+                content.append({"type": "text", "text": message_text(item)})
+            elif kind in _TOOL_ITEMS:
+                content.append({"type": "tool_use", "id": item.get("call_id") or item.get("id"),
+                                "name": item.get("name") or "", "input": _tool_input(item)})
+        used_tools = any(block["type"] == "tool_use" for block in content)
+        if not content:
+            content.append({"type": "text", "text": ""})  # clients read content[0].text
+        return {"id": self.message_id, "type": "message", "role": "assistant", "model": self.model,
+                "content": content,
+                "stop_reason": _stop_reason(self.acc.terminal, self.acc.incomplete_reason, used_tools),
+                "stop_sequence": None, "usage": _usage(self.acc.usage)}

@@ -1,0 +1,70 @@
+"""Legacy `/v1/completions`: the prompt becomes one user chat message, and the answer is
+the chat converters' output reshaped into `text_completion` objects.
+
+Only text comes back: reasoning and tool calls have no place in a text completion.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from codexproxy.exchange import GatewayError
+
+from .chat import ChatAggregate, ChatStream
+
+# Fields that carry over unchanged to the chat body (sampling fields are ignored upstream anyway).
+_CARRIED = ("model", "stream", "stream_options", "reasoning_effort", "prompt_cache_key")
+
+
+def completions_to_chat(body: dict) -> dict:
+    """The Chat Completions body for a legacy Completions body (then use chat_to_responses)."""
+    if not isinstance(body, dict):
+        raise GatewayError(400, "Request body must be a JSON object.")
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+        # One answer per request: several prompts are read as one text.
+        prompt = "\n\n".join(prompt)
+    if not isinstance(prompt, str):
+        raise GatewayError(400, "'prompt' must be a string or a list of strings.", param="prompt")
+    chat = {k: body[k] for k in _CARRIED if k in body}
+    chat["messages"] = [{"role": "user", "content": prompt}]
+    return chat
+
+
+def _completion(id_: str, created: int, model: str, text: str, finish: str | None) -> dict[str, Any]:
+    return {"id": id_, "object": "text_completion", "created": created, "model": model,
+            "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}]}
+
+
+def _legacy_usage(usage: dict) -> dict:
+    return {k: usage[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
+
+
+class CompletionsStream(ChatStream):
+    """ChatStream whose chunks are `text_completion` objects carrying only text."""
+
+    def _chunk(self, delta: dict, finish: str | None = None) -> bytes:
+        text = delta.get("content")
+        if not text and finish is None:
+            return b""  # role, reasoning and tool-call deltas have no legacy form
+        body = _completion(self.completion_id, self.created, self.model, text or "", finish)
+        return b"data: " + json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
+
+    def _usage_chunk(self, usage: dict) -> bytes:
+        body = _completion(self.completion_id, self.created, self.model, "", None)
+        body["choices"] = []
+        body["usage"] = _legacy_usage(usage)
+        return b"data: " + json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
+
+
+class CompletionsAggregate(ChatAggregate):
+    """ChatAggregate answering with one `text_completion` object."""
+
+    def body(self) -> dict[str, Any]:
+        chat = super().body()
+        choice = chat["choices"][0]
+        body = _completion(self.completion_id, self.created, self.model,
+                           choice["message"]["content"] or "", choice["finish_reason"])
+        body["usage"] = _legacy_usage(chat["usage"])
+        return body

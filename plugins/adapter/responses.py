@@ -1,0 +1,128 @@
+"""The Responses API on the client side: normalise the request for the Codex backend, and
+re-emit (stream) or aggregate (non-stream) its answer.
+
+The Codex backend speaks the Responses API already, so this is mostly about what it refuses:
+`store` must be false, `stream` must be true, and some sampling fields are rejected.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from codexproxy.exchange import GatewayError
+from codexproxy.sse import SSEEvent, encode
+
+from .common import TERMINAL_EVENTS, Aggregate, stream_cut_error, with_content_type
+
+# Fields the backend rejects or ignores; peers strip them (REFERENCE §1).
+_DROPPED_FIELDS = ("temperature", "top_p", "max_output_tokens", "truncation", "user",
+                   "previous_response_id")
+
+
+def normalize_responses_request(body: dict) -> dict:
+    """A copy of a client's Responses request body that the Codex backend accepts."""
+    if not isinstance(body, dict):
+        raise GatewayError(400, "Request body must be a JSON object.")
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise GatewayError(400, "'model' is required and must be a non-empty string.", param="model")
+    source = body.get("input")
+    if isinstance(source, str):
+        items: list[Any] = [{"type": "message", "role": "user",
+                             "content": [{"type": "input_text", "text": source}]}]
+    elif isinstance(source, list):
+        items = [_normalize_item(item, i) for i, item in enumerate(source)]
+    elif source is None:
+        raise GatewayError(400, "'input' is required (a string or a list of items).", param="input")
+    else:
+        raise GatewayError(400, "'input' must be a string or a list of items.", param="input")
+
+    out = {k: v for k, v in body.items() if k not in _DROPPED_FIELDS}
+    out["input"] = items
+    out["store"] = False
+    out["stream"] = True
+    if out.get("service_tier") != "priority":
+        out.pop("service_tier", None)
+    if not isinstance(out.get("instructions"), str):
+        out["instructions"] = ""
+    return out
+
+
+def _normalize_item(item: Any, index: int) -> Any:
+    if not isinstance(item, dict):
+        raise GatewayError(400, f"'input[{index}]' must be an object.", param=f"input[{index}]")
+    # The backend has no "system" role in input; "developer" is its equivalent.
+    if item.get("role") == "system":
+        return {**item, "role": "developer"}
+    return item
+
+
+class ResponsesStream:
+    """Streams the upstream events to a Responses client.
+
+    `drop_codex_events`: OpenAI SDK clients choke on the non-standard `codex.*` events, Codex
+    clients want them. For those SDK clients an empty `response.completed.response.output` is
+    also filled from the `output_item.done` items (the SDK's final response reads it; Codex
+    reads the items), which costs keeping the finished items, never the deltas. A stream that
+    ends without a terminal event gets a `response.failed`.
+    """
+
+    def __init__(self, drop_codex_events: bool) -> None:
+        self.drop_codex_events = drop_codex_events
+        self._ended = False
+        self._response_id: str | None = None
+        self._items: dict[int, Any] = {}  # output index -> finished item (SDK clients only)
+
+    def start(self, status: int, headers: dict[str, str]) -> tuple[int, dict[str, str]]:
+        return status, with_content_type(headers, "text/event-stream")
+
+    def feed(self, raw: bytes, events: list[SSEEvent]) -> bytes:
+        return b"".join(self._event(ev) for ev in events)
+
+    def _event(self, ev: SSEEvent) -> bytes:
+        kind = ev.type
+        if self.drop_codex_events and kind.startswith("codex."):
+            return b""
+        data = ev.json()
+        # A truncated last event (connection cut mid-event) is not JSON: never forward garbage.
+        if not isinstance(data, dict):
+            return b""
+        name = ev.event if ev.event != "message" else None
+        if kind in TERMINAL_EVENTS:
+            if self._ended:
+                return b""
+            self._ended = True
+            response = data.get("response")
+            if self._items and isinstance(response, dict) and not response.get("output"):
+                output = [self._items[i] for i in sorted(self._items)]
+                return encode(name, {**data, "response": {**response, "output": output}})
+        elif kind == "response.created" and isinstance(data.get("response"), dict):
+            self._response_id = data["response"].get("id")
+        elif kind == "response.output_item.done" and self.drop_codex_events:
+            index = data.get("output_index")
+            self._items[index if isinstance(index, int) else len(self._items)] = data.get("item")
+        return encode(name, ev.data)
+
+    def finish(self, error: GatewayError | None) -> bytes:
+        if self._ended:
+            return b""
+        self._ended = True
+        error = error or stream_cut_error()
+        failed = {
+            "type": "response.failed",
+            "response": {
+                "id": self._response_id,
+                "object": "response",
+                "status": "failed",
+                "error": {"code": error.code or "server_error", "message": error.message},
+                "output": [],
+            },
+        }
+        return encode("response.failed", failed)
+
+
+class ResponsesAggregate(Aggregate):
+    """Answers a non-stream Responses request with the whole Response object as JSON."""
+
+    def body(self) -> dict[str, Any]:
+        return self.acc.result()

@@ -1,0 +1,231 @@
+"""Shared fixtures: the fake upstream, and codexproxy run as a user runs it (a subprocess).
+
+    def test_x(make_proxy, fake):
+        proxy = make_proxy({"plugins": {"routing": {"strategy": "balanced"}}}, accounts=2)
+        r = httpx.post(proxy.url + "/v1/responses", headers=proxy.auth, json={...})
+        proxy.cli("accounts", "list", "--json")
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.fakeupstream import FakeAccount, FakeUpstream
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+
+def deep_merge(base: dict, extra: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in (extra or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CODEXPROXY_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+class Proxy:
+    """One codexproxy: its config file and data dir, the CLI, and (once started) the server."""
+
+    def __init__(self, workdir: Path, config: dict[str, Any], env: dict[str, str] | None = None) -> None:
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.config = config
+        self.config_path = self.dir / "config.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.env = clean_env(env)
+        self.process: subprocess.Popen | None = None
+        self.url: str | None = None
+        self.output: list[str] = []
+        self.key: str | None = None
+
+    @property
+    def store_path(self) -> Path:
+        return Path(self.config["storage"]["path"])
+
+    @property
+    def data_dir(self) -> Path:
+        return self.store_path.parent
+
+    # --- CLI ------------------------------------------------------------------------------
+    def cli(self, *args: str, check: bool = False, timeout: float = 60, input: str | None = None,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        cmd = [PYTHON, "-m", "codexproxy", *args, "-c", str(self.config_path)]
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=self.dir, input=input,
+                                env={**self.env, **(env or {})})
+        if check and result.returncode != 0:
+            raise AssertionError(f"codexproxy {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+        return result
+
+    def cli_json(self, *args: str) -> Any:
+        result = self.cli(*args, "--json", check=True)
+        return json.loads(result.stdout)
+
+    def import_account(self, fake: FakeUpstream, acct: FakeAccount, *extra: str) -> dict:
+        folder = self.dir / "auth" / acct.account_id
+        folder.mkdir(parents=True, exist_ok=True)
+        path = fake.write_auth_json(acct, str(folder))
+        return self.cli_json("accounts", "import", path, *extra)[0]
+
+    def create_key(self, name: str = "test", *extra: str) -> str:
+        data = self.cli_json("keys", "create", name, *extra)
+        return data["key"]
+
+    @property
+    def auth(self) -> dict[str, str]:
+        assert self.key, "no platform key created"
+        return {"authorization": f"Bearer {self.key}"}
+
+    @property
+    def admin_token(self) -> str:
+        token = (self.config.get("admin") or {}).get("token")
+        return token or (self.data_dir / "admin_token").read_text().strip()
+
+    # --- server ---------------------------------------------------------------------------
+    def start(self, *extra: str, timeout: float = 30) -> "Proxy":
+        cmd = [PYTHON, "-m", "codexproxy", "run", "-c", str(self.config_path), *extra]
+        self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=self.dir,
+                                        env=self.env, bufsize=1)
+        ready = threading.Event()
+
+        def pump() -> None:
+            assert self.process and self.process.stdout
+            for line in self.process.stdout:
+                self.output.append(line.rstrip("\n"))
+                m = re.search(r"listening on (http://\S+)", line)
+                if m:
+                    self.url = m.group(1)
+                    ready.set()
+            ready.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        if not ready.wait(timeout) or self.url is None:
+            self.stop()
+            raise AssertionError("codexproxy did not start:\n" + "\n".join(self.output))
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        code = self.process.returncode
+        self.process = None
+        return code
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def log_text(self) -> str:
+        return "\n".join(self.output)
+
+    def client(self, **kw: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=kw.pop("timeout", 30), **kw)
+
+
+@pytest.fixture(scope="session")
+def fake_server():
+    server = FakeUpstream().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fake(fake_server: FakeUpstream) -> FakeUpstream:
+    fake_server.reset()
+    return fake_server
+
+
+def base_config(tmp: Path, fake: FakeUpstream) -> dict[str, Any]:
+    return {
+        "server": {"host": "127.0.0.1", "port": 0, "drain_timeout_s": 2},
+        "storage": {"path": str(tmp / "data" / "codexproxy.json")},
+        "upstream": {"base_url": fake.codex_base, "usage_base_url": fake.usage_base, "stream_idle_timeout_s": 5,
+                     "connect_timeout_s": 3},
+        "oauth": {"issuer": fake.issuer, "login_addr": "127.0.0.1:0"},
+    }
+
+
+@pytest.fixture
+def make_proxy(tmp_path: Path, fake: FakeUpstream):
+    """make_proxy(config_overrides=None, accounts=1, key=True, start=True, env=None) -> Proxy.
+
+    Each account is a new fake account imported through the CLI (proxy.fake_accounts)."""
+    made: list[Proxy] = []
+
+    def factory(overrides: dict | None = None, accounts: int = 1, key: bool = True, start: bool = True,
+                env: dict[str, str] | None = None, name: str = "proxy") -> Proxy:
+        proxy = Proxy(tmp_path / f"{name}{len(made)}", deep_merge(base_config(tmp_path / f"{name}{len(made)}", fake), overrides or {}), env)
+        proxy.fake_accounts = []
+        for _ in range(accounts):
+            acct = fake.add_account()
+            proxy.import_account(fake, acct)
+            proxy.fake_accounts.append(acct)
+        if key:
+            proxy.key = proxy.create_key()
+        made.append(proxy)
+        if start:
+            proxy.start()
+        return proxy
+
+    yield factory
+    for proxy in made:
+        proxy.stop()
+
+
+@pytest.fixture
+def proxy(make_proxy) -> Proxy:
+    """A running proxy with one account and one platform key."""
+    return make_proxy()
+
+
+def read_sse(response: httpx.Response) -> list[tuple[float, str, str]]:
+    """(arrival time, event, data) for each SSE event of a streamed httpx response."""
+    out: list[tuple[float, str, str]] = []
+    event, data = "", []
+    for line in response.iter_lines():
+        if line == "":
+            if data or event:
+                out.append((time.monotonic(), event or "message", "\n".join(data)))
+            event, data = "", []
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].lstrip(" "))
+    if data or event:
+        out.append((time.monotonic(), event or "message", "\n".join(data)))
+    return out
+
+
+RESPONSES_BODY = {"model": "gpt-5-codex", "instructions": "", "stream": True, "store": False,
+                  "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}]}
