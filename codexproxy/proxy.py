@@ -426,6 +426,6 @@ class Gateway:
                     continue
                 flow.metadata[ACTIVITY] = now  # once per idle period
                 try:
-                    proxyserver.inject_event(events.MessageInjected(flow, failover.IdleTimeout(f"no data from upstream for {idle:g}s")))
+                    proxyserver.inject_event(events.MessageInjected(flow, failover.IdleTimeout(f"upstream idle timeout: no data for {idle:g}s")))
                 except (ValueError, KeyError):
                     self.active.pop(flow_id, None)
