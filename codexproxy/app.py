@@ -84,6 +84,17 @@ class App:
     def plugin_infos(self) -> list[PluginInfo]:
         return self.plugins
 
+    def running_proxy_url(self) -> str | None:
+        """The URL of a `codexproxy run` serving this store right now, if any (from run.json)."""
+        import json as _json
+
+        try:
+            info = _json.loads((self.data_dir / "run.json").read_text())
+            os.kill(int(info["pid"]), 0)
+            return str(info["url"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
     # --- lifecycle -----------------------------------------------------------------------------
     def start_background(self) -> None:
         self.hook.codexproxy_register_jobs(app=self, jobs=self.jobs)

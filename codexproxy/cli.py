@@ -131,11 +131,11 @@ def cmd_run(app: App, args: argparse.Namespace) -> int:
             print(f"  status page: {base}/status  (admin token in {app.admin_token_file if not app.config.admin.token else 'config admin.token'})", flush=True)
         print(f"  store: {app.config.storage.file}", flush=True)
         if args.open:
-            url = f"{base}/status"
-            opener = getattr(app, "status_login_url", None)
-            if callable(opener):
-                url = opener()
-            webbrowser.open(url)
+            url = app.hook.codexproxy_browser_url(app=app)
+            if url:
+                webbrowser.open(url)
+            else:
+                print("  --open: no plugin provides a page to open (is the admin plugin enabled?)", flush=True)
 
     try:
         asyncio.run(serve(app, ready))

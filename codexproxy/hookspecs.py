@@ -51,6 +51,12 @@ def codexproxy_cli_commands(cli):
     `func(app, args) -> int` runs the command (group None for a top-level command)."""
 
 
+@hookspec(firstresult=True)
+def codexproxy_browser_url(app):
+    """The URL `codexproxy run --open` opens once the proxy listens (e.g. a one-time login
+    link to the status page), or None."""
+
+
 @hookspec
 def codexproxy_rpc_methods(app):
     """Return {"group.method": func(app, params) -> JSON value} for the admin JSON-RPC API.
@@ -58,6 +64,12 @@ def codexproxy_rpc_methods(app):
 
 
 # --- one request, in order -------------------------------------------------------------------
+
+@hookspec
+def codexproxy_exchange_start(app, exchange):
+    """A request arrived (before routing): observe it, e.g. count active requests.
+    Every exchange that starts also gets `codexproxy_exchange_done`."""
+
 
 @hookspec(firstresult=True)
 def codexproxy_route(app, exchange):

@@ -33,6 +33,8 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "routing": "codexproxy_plugins.routing",
     "cookies": "codexproxy_plugins.cookies",
     "logging": "codexproxy_plugins.requestlog",
+    "accounts": "codexproxy_plugins.accounts",
+    "admin": "codexproxy_plugins.admin",
 }
 ALWAYS_ON = ("core",)
 ENTRY_POINT_GROUP = "codexproxy"

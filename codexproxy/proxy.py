@@ -233,6 +233,7 @@ class Gateway:
         try:
             ex = self._exchange(flow)
             flow.metadata[EXCHANGE] = ex
+            self.hook.codexproxy_exchange_start(app=self.app, exchange=ex)
             if self.closing:
                 raise GatewayError(503, "The proxy is shutting down.", type="server_error", code="shutting_down")
             route = self.hook.codexproxy_route(app=self.app, exchange=ex)

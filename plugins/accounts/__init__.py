@@ -1,0 +1,1 @@
+"""accounts: the account pool's lifecycle — OAuth login, import/export, token refresh, usage."""

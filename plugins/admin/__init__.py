@@ -1,0 +1,1 @@
+"""admin: the status page, the admin JSON-RPC API and Prometheus metrics."""
