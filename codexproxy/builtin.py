@@ -33,6 +33,10 @@ def is_codex_client(headers: dict[str, str]) -> bool:
 
 @hookimpl(trylast=True)
 def codexproxy_route(app, exchange):
+    if exchange.path == "/" and exchange.method in ("GET", "HEAD"):
+        # Clients probe the base URL before their first call (Claude Code does): say we are up.
+        return Route(kind="local", protocol="none", needs_key=False, name="root",
+                     handler=lambda app, ex: LocalResponse(200, {"status": "ok", "service": "codexproxy", "version": __version__}))
     if exchange.path in ("/health", "/healthz"):
         if exchange.method not in ("GET", "HEAD"):
             raise GatewayError(405, f"{exchange.method} is not allowed on {exchange.path}; use GET.", code="method_not_allowed")

@@ -20,14 +20,13 @@ from mitmproxy.proxy import events
 
 from . import failover, sse
 from .exchange import Attempt, Exchange, GatewayError, LocalResponse, Retry, Route, Usage
+from .upstream import TERMINAL_FAILED, TERMINAL_OK, gateway_error_from_event, stream_cut_error
 
 log = logging.getLogger("codexproxy.proxy")
 
 EXCHANGE = "codexproxy.exchange"
 ACTIVITY = failover.ACTIVITY
 MAX_ATTEMPTS_HARD_CAP = 10  # whatever plugins say, one request never loops forever
-TERMINAL_OK = ("response.completed", "response.incomplete")
-TERMINAL_FAILED = ("response.failed", "error")
 
 # Client headers that Codex CLI sends and the backend understands (REFERENCE §1).
 PASS_HEADERS = ("version", "x-client-request-id", "thread-id", "openai-beta", "conversation_id", "accept-language")
@@ -89,18 +88,15 @@ class StreamPump:
 
     def _observe(self, event: sse.SSEEvent) -> None:
         kind = event.event
-        if kind in TERMINAL_OK or kind in TERMINAL_FAILED or (kind == "message" and '"response.' in event.data[:60]):
+        if kind == "message" and '"response.' in event.data[:80]:
+            kind = event.type  # an upstream that puts the type only in the data
+        if kind in TERMINAL_OK:
+            self.ex.completed = True
             payload = event.json() or {}
-            kind = kind if kind != "message" else payload.get("type", kind)
-            if kind in TERMINAL_OK:
-                self.ex.completed = True
-                self.ex.usage = Usage.from_response((payload.get("response") or {}).get("usage"))
-            elif kind in TERMINAL_FAILED:
-                error = (payload.get("response") or {}).get("error") or payload.get("error") or payload
-                message = error.get("message") if isinstance(error, dict) else str(error)
-                code = error.get("code") if isinstance(error, dict) else None
-                self.failed = GatewayError(502, message or "upstream failed", type="upstream_error", code=code)
-                self.ex.error = f"upstream {kind}: {code or ''} {message or ''}".strip()
+            self.ex.usage = Usage.from_response((payload.get("response") or {}).get("usage"))
+        elif kind in TERMINAL_FAILED:
+            self.failed = gateway_error_from_event(event)
+            self.ex.error = f"upstream {kind}: {self.failed.code or ''} {self.failed.message}".strip()
 
     def _finish(self, error: GatewayError | None) -> bytes:
         self.finished = True
@@ -112,7 +108,7 @@ class StreamPump:
             if tail:
                 out += self.transform.feed(b"", tail)
             if error is None and not self.ex.completed and self.failed is None:
-                error = GatewayError(502, "upstream stream ended before response.completed", type="upstream_error", code="stream_incomplete")
+                error = stream_cut_error()
                 self.ex.error = self.ex.error or error.message
             out += self.transform.finish(error or self.failed)
         except Exception:
@@ -123,23 +119,33 @@ class StreamPump:
         """The upstream broke mid-stream (cut or idle): the client's last bytes."""
         if self.finished:
             return []
-        self.ex.error = f"upstream stream failed: {message}"
-        return [self._finish(GatewayError(502, self.ex.error, type="upstream_error", code="stream_error"))]
+        error = stream_cut_error(message)
+        self.ex.error = error.message
+        return [self._finish(error)]
 
 
 class PassthroughTransform:
-    """Byte-for-byte passthrough; on a failed stream, a final `response.failed` event."""
+    """Byte-for-byte passthrough; on a broken stream, a final `response.failed` event
+    (an upstream failure event already went through as it was)."""
+
+    def __init__(self) -> None:
+        self.ended = False
 
     def start(self, status: int, headers: dict[str, str]) -> tuple[int, dict[str, str]]:
         return status, headers
 
     def feed(self, raw: bytes, events_: list) -> bytes:
+        for event in events_:
+            if event.event in TERMINAL_OK or event.event in TERMINAL_FAILED:
+                self.ended = True
         return raw
 
     def finish(self, error: GatewayError | None) -> bytes:
-        if error is None or error.code is None:
+        if error is None or self.ended:
             return b""
-        return sse.encode("response.failed", {"type": "response.failed", "response": {"status": "failed", "error": {"code": error.code, "message": error.message}}})
+        self.ended = True
+        return sse.encode("response.failed", {"type": "response.failed", "response": {
+            "status": "failed", "error": {"code": error.code, "message": error.message}}})
 
 
 class Gateway:
@@ -374,14 +380,8 @@ class Gateway:
             for event in events_:
                 pump._observe(event)
             out = transform.feed(body, events_)
-            error = None
-            if pump.failed is not None:
-                error = pump.failed
-            elif not ex.completed:
-                error = GatewayError(502, "upstream stream ended before response.completed", type="upstream_error", code="stream_incomplete")
+            error = pump.failed or (None if ex.completed else stream_cut_error())
             if error is not None:
-                status_from_code = {"context_length_exceeded": 400, "insufficient_quota": 429, "usage_not_included": 429, "rate_limit_exceeded": 429, "server_is_overloaded": 503}
-                error.status = status_from_code.get(error.code or "", error.status)
                 self._answer(flow, ex, error)
                 ex.status = flow.response.status_code
                 return

@@ -166,4 +166,4 @@ def test_stream_without_completed_is_an_error(make_proxy, fake):
     proxy = make_proxy()
     fake.script(proxy.fake_accounts[0], B.no_completed())
     status, events = stream(proxy)
-    assert events[-1][1] == "response.failed" and "stream_incomplete" in events[-1][2]
+    assert events[-1][1] == "response.failed" and "stream_closed" in events[-1][2]

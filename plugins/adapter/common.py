@@ -14,19 +14,15 @@ from typing import Any, Iterable
 
 from codexproxy.exchange import GatewayError, StreamTransform
 from codexproxy.sse import SSEEvent, SSEParser
+# The upstream's error vocabulary lives in the core; re-exported for the converters.
+from codexproxy.upstream import (TERMINAL_EVENTS, error_status_for_code, gateway_error_from_event,  # noqa: F401
+                                 stream_cut_error)
 
 # "none" is accepted too: GPT-5.1+ take it, and the Anthropic converter maps disabled thinking to it.
 EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 
-# Events that end a Responses stream; a converter emits exactly one ending for them.
-TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed", "error"})
 
 _EFFORT_SUFFIX = re.compile(r"^(?P<name>.+?)\s*\(\s*(?P<effort>[A-Za-z]+)\s*\)$")
-
-_STATUS_BY_CODE = {"context_length_exceeded": 400, "invalid_prompt": 400, "insufficient_quota": 429,
-                   "usage_not_included": 429, "usage_limit_reached": 429, "rate_limit_exceeded": 429,
-                   "server_is_overloaded": 503}
-
 
 def parse_model_effort(model: str) -> tuple[str, str | None]:
     """Split "gpt-5.5(high)" into ("gpt-5.5", "high"); no (known) suffix gives (model, None).
@@ -38,50 +34,6 @@ def parse_model_effort(model: str) -> tuple[str, str | None]:
     if match and match["effort"].lower() in EFFORTS:
         return match["name"].strip(), match["effort"].lower()
     return model, None
-
-
-def error_status_for_code(code: str | None) -> int:
-    """The HTTP status a client should see for a `response.failed` error code."""
-    return _STATUS_BY_CODE.get(code or "", 502)
-
-
-def _error_type_for_status(status: int) -> str:
-    if status == 429:
-        return "rate_limit_error"
-    if status < 500:
-        return "invalid_request_error"
-    return "server_error"
-
-
-def gateway_error_from_event(ev: SSEEvent) -> GatewayError:
-    """The GatewayError for a `response.failed` or bare `error` event.
-
-    `error` events come as {"type":"error","code","message","param"} (Responses API) or with a
-    nested "error" object (seen from the Codex backend); both are read.
-    """
-    data = ev.json()
-    data = data if isinstance(data, dict) else {}
-    if ev.type == "response.failed":
-        err = (data.get("response") or {}).get("error") or {}
-    else:
-        err = data.get("error") if isinstance(data.get("error"), dict) else data
-    if not isinstance(err, dict):
-        err = {}
-    code = err.get("code") or (err.get("type") if err.get("type") != "error" else None)
-    code = code if isinstance(code, str) else None
-    status = error_status_for_code(code)
-    message = err.get("message") if isinstance(err.get("message"), str) else None
-    resets = err.get("resets_in_seconds")  # usage-limit errors say when the window reopens
-    headers = {"retry-after": str(int(resets))} if isinstance(resets, (int, float)) else {}
-    return GatewayError(status, message or f"Upstream response failed ({code or 'unknown error'}).",
-                        type=_error_type_for_status(status), code=code, headers=headers,
-                        param=err.get("param") if isinstance(err.get("param"), str) else None)
-
-
-def stream_cut_error() -> GatewayError:
-    """Used when a stream ended without a terminal event and the caller passed no error."""
-    return GatewayError(502, "Upstream stream closed before response.completed.",
-                        type="server_error", code="stream_closed")
 
 
 def reasoning_fields(effort: str | None) -> dict[str, Any]:
