@@ -267,7 +267,16 @@ class Gateway:
             self._fail_closed(flow, ex, "request handling")
 
     async def _select_account(self, ex: Exchange) -> Any:
-        return self.hook.codexproxy_select_account(app=self.app, exchange=ex)
+        """Ask routing for an account; while every account is at its inflight cap (the
+        "accounts_busy" answer), wait up to limits.queue_wait_ms for one to free up."""
+        deadline = time.monotonic() + self.app.config.limits.queue_wait_ms / 1000
+        while True:
+            try:
+                return self.hook.codexproxy_select_account(app=self.app, exchange=ex)
+            except GatewayError as err:
+                if err.code != "accounts_busy" or time.monotonic() >= deadline:
+                    raise
+            await asyncio.sleep(min(0.02, max(0.001, deadline - time.monotonic())))
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         ex: Exchange | None = flow.metadata.get(EXCHANGE)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 import signal
 import subprocess
 import threading
@@ -341,3 +342,17 @@ def test_codex_config_prints_a_working_block(make_proxy):
     toml_part = "\n".join(line for line in out.splitlines() if not line.startswith(("#", "export")))
     parsed = tomllib.loads(toml_part)
     assert parsed["model_providers"]["codexproxy"]["base_url"].endswith("/v1")
+
+
+def test_example_config_is_valid_and_complete(tmp_path):
+    from codexproxy.config import Config, load_config
+    from codexproxy.plugins import load_plugins
+
+    example = Path(__file__).resolve().parent.parent / "config" / "config.yaml"
+    config = load_config(example, environ={})
+    load_plugins(config)
+    text = example.read_text()
+    for section, model in Config.model_fields.items():
+        if section in ("source", "plugin_sections"):
+            continue
+        assert f"{section}:" in text, f"config/config.yaml does not document {section}"
