@@ -72,7 +72,9 @@ class StreamPump:
         self.flow.metadata[ACTIVITY] = time.monotonic()
         try:
             if chunk == b"":
-                return [self._finish(None)] if not self.finished else []
+                # Only non-empty chunks: an empty one would be sent as a chunked terminator.
+                tail = self._finish(None) if not self.finished else b""
+                return [tail] if tail else []
             events_ = self.parser.feed(chunk)
             for event in events_:
                 self._observe(event)
@@ -121,7 +123,8 @@ class StreamPump:
             return []
         error = stream_cut_error(message)
         self.ex.error = error.message
-        return [self._finish(error)]
+        tail = self._finish(error)
+        return [tail] if tail else []
 
 
 class PassthroughTransform:
