@@ -38,6 +38,7 @@ class AtomicJSONStorage(Storage):
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._cache: dict[str, Any] | None = None
         self._stamp: tuple[int, int, int] | None = None
+        self._lock = threading.RLock()  # the proxy's loop, job and worker threads share this
         self.generation = 0  # bumps whenever the content may have changed
 
     def _stat(self) -> tuple[int, int, int] | None:
@@ -49,6 +50,10 @@ class AtomicJSONStorage(Storage):
 
     def sync(self) -> None:
         """Reload the cache if the file changed on disk (one stat when it did not)."""
+        with self._lock:
+            self._sync()
+
+    def _sync(self) -> None:
         stamp = self._stat()
         if stamp is None:
             if self._cache is not None:
@@ -63,21 +68,25 @@ class AtomicJSONStorage(Storage):
             self.generation += 1
 
     def read(self) -> dict[str, Any] | None:
-        self.sync()
-        if self._cache is None:
-            return None
-        # TinyDB mutates what read() returns before writing it back: hand out a copy.
-        return json.loads(json.dumps(self._cache))
+        with self._lock:
+            self._sync()
+            if self._cache is None:
+                return None
+            # TinyDB mutates what read() returns before writing it back: hand out a copy.
+            return json.loads(json.dumps(self._cache))
 
     def write(self, data: dict[str, Any]) -> None:
+        with self._lock:
+            self._write(data)
+
+    def _write(self, data: dict[str, Any]) -> None:
         payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, payload)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, self.path)
         self._cache = json.loads(payload)
         self._stamp = self._stat()
