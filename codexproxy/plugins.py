@@ -103,7 +103,8 @@ def _trace(pm: pluggy.PluginManager) -> None:
     trace_log = logging.getLogger("codexproxy.hooks")
 
     def before(hook_name, hook_impls, kwargs):
-        shown = {k: v for k, v in kwargs.items() if k != "app"}
+        # Header values carry credentials (tokens, cookies): trace their names only.
+        shown = {k: (sorted(v) if k == "headers" else v) for k, v in kwargs.items() if k != "app"}
         trace_log.info("call %s(%s) -> %s", hook_name, shown, [i.plugin_name for i in hook_impls])
 
     def after(outcome, hook_name, hook_impls, kwargs):

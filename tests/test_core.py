@@ -356,3 +356,15 @@ def test_example_config_is_valid_and_complete(tmp_path):
         if section in ("source", "plugin_sections"):
             continue
         assert f"{section}:" in text, f"config/config.yaml does not document {section}"
+
+
+def test_hook_tracing_shows_calls_but_no_secrets(make_proxy, fake):
+    proxy = make_proxy({"plugins": {"cookies": {"enabled": True, "cookie": "cf_clearance=topsecretcookie"}}},
+                       env={"CODEXPROXY_TRACE_HOOKS": "1"})
+    post_stream(proxy)
+    proxy.stop()
+    text = proxy.log_text()
+    assert "call codexproxy_select_account" in text and "call codexproxy_exchange_done" in text
+    acct = proxy.fake_accounts[0]
+    for secret in (proxy.key, acct.access_token, acct.refresh_token, acct.id_token, "topsecretcookie"):
+        assert secret not in text
