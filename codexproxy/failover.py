@@ -97,17 +97,21 @@ class FailoverHttpStream(HttpStream):
 
     # --- the retry loop ---------------------------------------------------------------------
     def _retry_or_answer(self):
-        """Ask the addon (via the blocking hook) and either re-send or answer the client."""
+        """Ask the addon (via the blocking hook), then re-send, or answer the client with
+        what the addon left in flow.response (the error answer, or its own)."""
         self.flow.metadata[RETRY_AGAIN] = False
         yield UpstreamRetryHook(self.flow)
         if (yield from self.check_killed(True)):
             return
+        self.flow.metadata[RETRY] = False
         if self.flow.metadata.pop(RETRY_AGAIN, False):
-            self.flow.metadata[RETRY] = False
             yield from self._resend()
-        else:
-            self.flow.metadata[RETRY] = False
+        elif self.flow.response is not None:
             yield from self.send_response()
+        else:  # nothing to answer with: mitmproxy's own 502
+            yield from super().handle_protocol_error(
+                ResponseProtocolError(self.stream_id, "upstream failed", http_layers.ErrorCode.GENERIC_SERVER_ERROR)
+            )
 
     def _resend(self):
         self.flow.response = None
@@ -160,26 +164,12 @@ class FailoverHttpStream(HttpStream):
                 # The server went away before answering: retryable like a connect failure.
                 self.flow.response = None
                 self.flow.metadata["codexproxy.transport_error"] = event.message
-                yield from self._retry_or_answer_transport()
+                yield from self._retry_or_answer()
                 return
             if self.server_state == self.state_stream_response_body:
                 yield from self._end_stream_with_error(event.message)
                 return
         yield from super().handle_protocol_error(event)
-
-    def _retry_or_answer_transport(self):
-        self.flow.metadata[RETRY_AGAIN] = False
-        yield UpstreamRetryHook(self.flow)
-        if (yield from self.check_killed(True)):
-            return
-        if self.flow.metadata.pop(RETRY_AGAIN, False):
-            yield from self._resend()
-        elif self.flow.response is not None:
-            yield from self.send_response()
-        else:
-            yield from super().handle_protocol_error(
-                ResponseProtocolError(self.stream_id, "upstream failed", http_layers.ErrorCode.GENERIC_SERVER_ERROR)
-            )
 
     def _on_idle(self, message: str):
         if self.client_state != self.state_done or self.server_state not in (
@@ -195,7 +185,7 @@ class FailoverHttpStream(HttpStream):
         else:
             self.flow.response = None
             self.flow.metadata["codexproxy.transport_error"] = message
-            yield from self._retry_or_answer_transport()
+            yield from self._retry_or_answer()
 
     def _abandon_server_connection(self):
         """Close the current upstream connection without its HTTP/1 client telling this

@@ -15,7 +15,7 @@ from typing import Any
 from codexproxy.exchange import GatewayError
 from codexproxy.sse import encode
 
-from .common import (EFFORTS, Aggregate, EventStream, ToolCall, message_text, parse_model_effort,
+from .common import (bad_request, require_model_and_messages, EFFORTS, Aggregate, EventStream, ToolCall, message_text, parse_model_effort,
                      reasoning_fields, reasoning_text, usage_counts)
 
 _ROLES = ("user", "assistant", "system")
@@ -24,22 +24,14 @@ _TOOL_ITEMS = ("function_call", "custom_tool_call")
 _EFFORT_NAMES = {"low": "low", "medium": "medium", "high": "high", "max": "xhigh"}
 
 
-def _bad(message: str, param: str) -> GatewayError:
-    return GatewayError(400, message, param=param)
+_bad = bad_request
 
 
 # --- request ---------------------------------------------------------------------------------
 
 def anthropic_to_responses(body: dict) -> dict:
     """The Responses API body for an Anthropic Messages request body."""
-    if not isinstance(body, dict):
-        raise GatewayError(400, "Request body must be a JSON object.")
-    model = body.get("model")
-    if not isinstance(model, str) or not model.strip():
-        raise _bad("'model' is required and must be a non-empty string.", "model")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise _bad("'messages' is required and must be a non-empty list.", "messages")
+    model, messages = require_model_and_messages(body)
     max_tokens = body.get("max_tokens")
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)):
         raise _bad("'max_tokens' must be an integer.", "max_tokens")

@@ -11,28 +11,20 @@ from typing import Any
 
 from codexproxy.exchange import GatewayError
 
-from .common import (Aggregate, EventStream, ToolCall, message_text, parse_model_effort,
+from .common import (bad_request, require_model_and_messages, Aggregate, EventStream, ToolCall, message_text, parse_model_effort,
                      reasoning_fields, reasoning_text, usage_counts)
 
 _ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
-def _bad(message: str, param: str) -> GatewayError:
-    return GatewayError(400, message, param=param)
+_bad = bad_request
 
 
 # --- request ---------------------------------------------------------------------------------
 
 def chat_to_responses(body: dict) -> dict:
     """The Responses API body for a Chat Completions request body."""
-    if not isinstance(body, dict):
-        raise GatewayError(400, "Request body must be a JSON object.")
-    model = body.get("model")
-    if not isinstance(model, str) or not model.strip():
-        raise _bad("'model' is required and must be a non-empty string.", "model")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise _bad("'messages' is required and must be a non-empty list.", "messages")
+    model, messages = require_model_and_messages(body)
     if body.get("n") not in (None, 1):
         raise _bad("Only n=1 is supported.", "n")
 

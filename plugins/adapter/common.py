@@ -24,6 +24,24 @@ EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 
 _EFFORT_SUFFIX = re.compile(r"^(?P<name>.+?)\s*\(\s*(?P<effort>[A-Za-z]+)\s*\)$")
 
+def bad_request(message: str, param: str) -> GatewayError:
+    """A 400 naming the offending field (OpenAI's `param`)."""
+    return GatewayError(400, message, param=param)
+
+
+def require_model_and_messages(body: Any) -> tuple[str, list]:
+    """The checks every messages-based protocol starts with (chat, anthropic)."""
+    if not isinstance(body, dict):
+        raise GatewayError(400, "Request body must be a JSON object.")
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise bad_request("'model' is required and must be a non-empty string.", "model")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise bad_request("'messages' is required and must be a non-empty list.", "messages")
+    return model, messages
+
+
 def parse_model_effort(model: str) -> tuple[str, str | None]:
     """Split "gpt-5.5(high)" into ("gpt-5.5", "high"); no (known) suffix gives (model, None).
 
