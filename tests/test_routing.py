@@ -190,3 +190,30 @@ def test_failover_path_streams_event_by_event(make_proxy, fake):
             events = read_sse(r)
     deltas = [t for t, kind, _ in events if kind == "response.output_text.delta"]
     assert len(deltas) == 4 and all(b - a > 0.2 for a, b in zip(deltas, deltas[1:]))
+
+
+def test_least_used_picks_the_most_remaining_quota(make_proxy, fake):
+    proxy = make_proxy({"plugins": {"routing": {"strategy": "least_used"}}}, accounts=3)
+    a1, a2, a3 = proxy.fake_accounts
+    fake.set_usage(a1.account_id, primary=80.0, secondary=20.0)
+    fake.set_usage(a2.account_id, primary=10.0, secondary=90.0)
+    fake.set_usage(a3.account_id, primary=10.0, secondary=30.0)
+    proxy.cli("usage", "--refresh", check=True)
+    with proxy.client() as client:
+        for _ in range(3):
+            assert ask(proxy, client).status_code == 200
+    # 5h window first, then 7d: a3 (10%/30%) beats a2 (10%/90%) and a1 (80%).
+    assert set(served_by(fake)) == {a3.account_id}
+
+
+def test_key_pinned_to_a_group(make_proxy, fake):
+    proxy = make_proxy({"plugins": {"routing": {"strategy": "balanced"}}}, accounts=3)
+    ids = accounts_by_fake_id(proxy)
+    for acct in proxy.fake_accounts[1:]:
+        proxy.cli("accounts", "update", ids[acct.account_id]["id"], "--group", "team-b", check=True)
+    key_id = proxy.cli_json("keys", "list")[0]["id"]
+    proxy.cli("keys", "update", key_id, "--group", "team-b", check=True)
+    with proxy.client() as client:
+        for _ in range(6):
+            assert ask(proxy, client).status_code == 200
+    assert set(served_by(fake)) == {a.account_id for a in proxy.fake_accounts[1:]}
