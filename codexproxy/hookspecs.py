@@ -100,8 +100,9 @@ def codexproxy_select_account(app, exchange):
 
 @hookspec
 def codexproxy_upstream_request(app, exchange, headers):
-    """Edit the upstream request headers (a dict, lower-case names) of the current attempt
-    after the core set Authorization, ChatGPT-Account-Id and the Codex headers."""
+    """Edit the headers (a dict, lower-case names) of a request to the upstream: the current
+    attempt's, after the core set Authorization, ChatGPT-Account-Id and the Codex headers, or
+    a background request's (usage polls, model lists), where `exchange` is None."""
 
 
 @hookspec

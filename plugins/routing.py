@@ -250,7 +250,9 @@ def codexproxy_upstream_failed(app, exchange, attempt):
             if refreshed is not None and refreshed.access_token:
                 _router(app).count("retry:refreshed")
                 return Retry(account=refreshed, reason="token refreshed")
-        _reauth(app, account_id, "upstream answered 401 after a token refresh" if account_id in already else "upstream answered 401")
+        current = app.accounts.get(account_id)
+        if current is None or current.status != "reauth_required":  # keep the refresh's own reason
+            _reauth(app, account_id, "upstream answered 401 after a token refresh" if account_id in already else "upstream answered 401")
     elif kind == "usage_limit":
         until, which = _usage_reset(attempt, error)
         _cool(app, account_id, until - time.time(), "usage limit reached", status=which)

@@ -160,6 +160,10 @@ def test_cookies_plugin_adds_the_cookie_only_when_on(make_proxy, fake):
     on = make_proxy({"plugins": {"cookies": {"enabled": True, "cookie": "cf_clearance=abc123"}}})
     post_stream(on)
     assert fake.requests[-1].headers["cookie"] == "cf_clearance=abc123"
+    # Background requests (usage polls) pass the same cookie.
+    on.cli("usage", "--refresh", check=True)
+    polls = [r for r in fake.all_requests if r.path.endswith("/wham/usage")]
+    assert polls and polls[-1].headers.get("cookie") == "cf_clearance=abc123"
     assert "abc123" not in on.log_text()
 
 

@@ -187,6 +187,7 @@ def refresh_models(app) -> list[str] | None:
     headers = {"authorization": f"Bearer {account.access_token}", "originator": cfg.originator, "user-agent": cfg.user_agent}
     if account.chatgpt_account_id:
         headers["chatgpt-account-id"] = account.chatgpt_account_id
+    app.hook.codexproxy_upstream_request(app=app, exchange=None, headers=headers)  # e.g. the WAF cookie
     url = f"{cfg.base_url}/models"
     try:
         r = httpx.get(url, params={"client_version": app.plugin_config("adapter").client_version}, headers=headers,
