@@ -1,0 +1,537 @@
+"""codexproxy against its peers, on loopback, in one run: a table of ratios.
+
+    .venv/bin/python bench/run.py            # full run (~5 min; installs LiteLLM once, ~3 min more)
+    .venv/bin/python bench/run.py --quick    # shorter rounds (~2 min)
+    .venv/bin/python bench/run.py --profile  # also: py-spy over codexproxy under load, top frames
+    .venv/bin/python bench/run.py --no-litellm
+
+Every baseline is started here: the fake upstream in its own process (the direct path), bare
+mitmdump in reverse mode with the 4-line SSE streaming addon, LiteLLM proxy (own venv), and
+codexproxy itself. Rounds are interleaved (each round visits every target in turn) and the
+numbers are medians, so a noisy neighbour hurts all targets alike. See bench/README.md for
+what each line means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(ROOT))
+
+from bench import baselines  # noqa: E402
+from bench.baselines import CodexProxy, LiteLLM, Mitmdump, Upstream, rss_mb  # noqa: E402
+from bench.load import Conn, closed_loop, median, percentile, stamps  # noqa: E402
+from bench.upstream import stamped_text  # noqa: E402
+
+
+@dataclass
+class Sizes:
+    latency_rounds: int
+    latency_requests: int
+    tput_rounds: int
+    tput_seconds: float
+    event_rounds: int
+    event_requests: int
+    growth_requests: int
+    log_rows: int
+    converter_cpu_s: float
+
+
+FULL = Sizes(latency_rounds=5, latency_requests=100, tput_rounds=2, tput_seconds=10, event_rounds=4, event_requests=3,
+             growth_requests=20_000, log_rows=100_000, converter_cpu_s=1.0)
+QUICK = Sizes(latency_rounds=3, latency_requests=80, tput_rounds=1, tput_seconds=3, event_rounds=2, event_requests=2,
+              growth_requests=5_000, log_rows=100_000, converter_cpu_s=0.3)
+
+DRIP_DELAY = 0.02  # seconds between text deltas on the slow stream
+DRIP_COUNT = 20
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def ok_stream(resp) -> bool:
+    return resp.status == 200 and (b"response.completed" in resp.body or b"[DONE]" in resp.body or b"message_stop" in resp.body)
+
+
+class Target:
+    """Something requests are sent to: a port and a function making the request."""
+
+    def __init__(self, name: str, port: int, make) -> None:
+        self.name, self.port, self.make = name, port, make
+
+
+# --- 1. added latency, sequential keep-alive ---------------------------------------------------
+
+async def latency(targets: list[Target], sizes: Sizes) -> dict[str, list[float]]:
+    conns = {t.name: await Conn.open("127.0.0.1", t.port) for t in targets}
+    samples: dict[str, list[float]] = {t.name: [] for t in targets}
+    for t in targets:  # warm-up: connections, caches, the upstream keep-alive
+        for _ in range(10):
+            await conns[t.name].request(*t.make())
+    for r in range(sizes.latency_rounds):
+        order = targets[r % len(targets):] + targets[:r % len(targets)]
+        for t in order:
+            conn = conns[t.name]
+            for _ in range(sizes.latency_requests):
+                if conn.closed:
+                    conn = conns[t.name] = await Conn.open("127.0.0.1", t.port)
+                resp = await conn.request(*t.make())
+                if not ok_stream(resp):
+                    raise RuntimeError(f"{t.name}: {resp.status} {resp.body[:200]!r}")
+                samples[t.name].append(resp.done - resp.sent)
+    for c in conns.values():
+        await c.close()
+    return samples
+
+
+# --- 2. throughput at 50 concurrent clients ------------------------------------------------------
+
+async def throughput(targets: list[Target], sizes: Sizes, clients: int = 50) -> dict[str, list[float]]:
+    rates: dict[str, list[float]] = {t.name: [] for t in targets}
+    for r in range(sizes.tput_rounds):
+        order = targets[r % len(targets):] + targets[:r % len(targets)]
+        for t in order:
+            started = time.monotonic()
+            done, errors, _, samples = await closed_loop("127.0.0.1", t.port, t.make, clients, sizes.tput_seconds, ok_stream)
+            elapsed = time.monotonic() - started
+            rates[t.name].append(done / elapsed)
+            if errors:
+                log(f"  {t.name}: {errors} errors in the throughput run, e.g. {samples[:2]}")
+            await asyncio.sleep(0.5)
+    return rates
+
+
+# --- 3. per-event forwarding delay on a slow stream ----------------------------------------------
+
+async def event_delay(paths: list[Target], sizes: Sizes, before_each=None) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """arrival - send time of every stamped text delta, per path; and time to first event."""
+    delays: dict[str, list[float]] = {p.name: [] for p in paths}
+    first: dict[str, list[float]] = {p.name: [] for p in paths}
+    for r in range(sizes.event_rounds):
+        order = paths[r % len(paths):] + paths[:r % len(paths)]
+        for p in order:
+            conn = await Conn.open("127.0.0.1", p.port)
+            for _ in range(sizes.event_requests):
+                if before_each:
+                    before_each(p.name)
+                resp = await conn.request(*p.make(), track_events=True)
+                got = stamps(resp)
+                if resp.status != 200 or len(got) < DRIP_COUNT:
+                    raise RuntimeError(f"{p.name}: {resp.status}, {len(got)} stamped events: {resp.body[:300]!r}")
+                delays[p.name] += got
+                first[p.name].append(resp.events[0][0] - resp.sent)
+            await conn.close()
+    return delays, first
+
+
+# --- 4/5. memory ---------------------------------------------------------------------------------
+
+async def rss_open_streams(port: int, make, pid: int, n: int = 100) -> float:
+    """Peak RSS of `pid` while `n` slow streams are open through it."""
+    conns = [await Conn.open("127.0.0.1", port) for _ in range(n)]
+    tasks = [asyncio.create_task(c.request(*make(), timeout=120)) for c in conns]
+    await asyncio.sleep(4.0)  # every stream open and dripping
+    failed = [t for t in tasks if t.done()]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of the {n} streams ended early: {failed[0].exception() or failed[0].result().status}")
+    peak = 0.0
+    for _ in range(5):
+        peak = max(peak, rss_mb(pid))
+        await asyncio.sleep(0.25)
+    for t in tasks:
+        t.cancel()
+    for c in conns:
+        await c.close()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return peak
+
+
+async def rss_growth(cp: CodexProxy, up: Upstream, total: int) -> tuple[float, float, int]:
+    async def run(count: int) -> int:
+        done = 0
+        while done < count:
+            up.command(forget=True)
+            n, errors, _, samples = await closed_loop("127.0.0.1", cp.port, cp.request, 50, 2.0, ok_stream)
+            done += n
+            if errors:
+                raise RuntimeError(f"codexproxy errors during the memory run: {samples[:2]}")
+        return done
+
+    await run(2_000)  # warm-up: pools, caches, interned strings
+    await asyncio.sleep(1)
+    before = rss_mb(cp.proc.pid)
+    done = await run(total)
+    await asyncio.sleep(1)
+    return before, rss_mb(cp.proc.pid), done
+
+
+# --- 6. the request log ---------------------------------------------------------------------------
+
+def sample_row(i: int) -> dict:
+    return {"id": f"{i:016x}", "key_id": "key_0123456789ab", "key_name": "laptop", "account_id": "acc_0123456789ab",
+            "account": "someone@example.com", "protocol": "responses", "method": "POST", "path": "/v1/responses",
+            "model": "gpt-5-codex", "effort": "medium", "status": 200, "latency_ms": 812.4, "ttfb_ms": 211.9,
+            "input_tokens": 1234, "cached_tokens": 1024, "output_tokens": 87, "reasoning_tokens": 16,
+            "attempts": [{"account": "acc_0123456789ab", "status": 200, "error": None, "reason": None, "ms": 211.0}], "error": None}
+
+
+def log_costs(workdir: Path, rows: int, rounds: int = 7, burst: int = 500) -> dict[str, float]:
+    from codexproxy.logstore import LogStore
+
+    small = LogStore(workdir / "logs-small")
+    large = LogStore(workdir / "logs-large")
+    for i in range(1_000):
+        small.append(sample_row(i))
+    for i in range(rows):
+        large.append(sample_row(i))
+
+    def cost(store: LogStore, base: int) -> float:
+        t = time.perf_counter()
+        for i in range(burst):
+            store.append(sample_row(base + i))
+        return (time.perf_counter() - t) / burst
+
+    small_costs, large_costs = [], []
+    for r in range(rounds):
+        small_costs.append(cost(small, 1_000_000 + r * burst))
+        large_costs.append(cost(large, 2_000_000 + r * burst))
+    small.close()
+    large.close()
+    t = time.perf_counter()
+    reopened = LogStore(workdir / "logs-large")
+    count = reopened.count()
+    first_page = reopened.query(limit=50)
+    load_s = time.perf_counter() - t
+    reopened.close()
+    return {"cost_1k_us": median(small_costs) * 1e6, "cost_100k_us": median(large_costs) * 1e6, "open_100k_s": load_s,
+            "rows": count, "page": len(first_page)}
+
+
+def startup_with_rows(cp: CodexProxy, workdir: Path, rows: int, rounds: int = 2) -> tuple[float, float]:
+    """Median seconds from `codexproxy run` to a served request, with an empty log and with `rows` rows."""
+    from codexproxy.logstore import LogStore
+
+    logs = cp.store_path.parent / "logs"
+    full = workdir / "logs-for-startup"
+    store = LogStore(full)
+    for i in range(rows):
+        store.append(sample_row(i))
+    store.close()
+    empty, loaded = [], []
+    for _ in range(rounds):
+        for which, bucket in (("empty", empty), ("full", loaded)):
+            cp.stop()
+            shutil.rmtree(logs, ignore_errors=True)
+            if which == "full":
+                shutil.copytree(full, logs)
+            started = time.monotonic()
+            cp.start()
+            import httpx
+
+            r = httpx.post(f"http://127.0.0.1:{cp.port}/v1/responses", headers=cp.headers(), content=cp.request()[3], timeout=30)
+            if r.status_code != 200:
+                raise RuntimeError(f"first request after start: {r.status_code}")
+            bucket.append(time.monotonic() - started)
+    return median(empty), median(loaded)
+
+
+# --- 7. converters ----------------------------------------------------------------------------------
+
+def converter_throughput(cpu_s: float) -> dict[str, float]:
+    from codexproxy import sse
+    from codexproxy.proxy import PassthroughTransform
+    from plugins.adapter.anthropic import AnthropicStream
+    from plugins.adapter.chat import ChatStream
+    from plugins.adapter.responses import ResponsesStream
+    from tests.fakeupstream import _Resp
+
+    r = _Resp("gpt-5-codex")
+    r.events.append(("codex.rate_limits", {"type": "codex.rate_limits", "rate_limits": {}}))
+    r.start()
+    r.reasoning("Let me think about this step by step. " * 10, 50)
+    r.function_call("get_weather", {"city": "Paris", "units": "metric"}, 20)
+    r.message("The quick brown fox jumps over the lazy dog. " * 40, 400)
+    r.finish("response.completed", "completed", {"input_tokens": 10, "output_tokens": 500, "total_tokens": 510})
+    chunks = [sse.encode(name, data) for name, data in r.events]
+    makers = {"passthrough (SSE parse only)": PassthroughTransform,
+              "responses (codex events dropped)": lambda: ResponsesStream(drop_codex_events=True),
+              "chat": lambda: ChatStream("gpt-5-codex", include_usage=True),
+              "anthropic": lambda: AnthropicStream("gpt-5-codex")}
+    out: dict[str, float] = {}
+    for name, make in makers.items():
+        events = 0
+        start = time.process_time()
+        while time.process_time() - start < cpu_s:
+            parser, transform = sse.SSEParser(), make()
+            transform.start(200, {"content-type": "text/event-stream"})
+            for chunk in chunks:
+                evs = parser.feed(chunk)
+                transform.feed(chunk, evs)
+                events += len(evs)
+            transform.finish(None)
+        out[name] = events / (time.process_time() - start)
+    return out
+
+
+# --- profile ----------------------------------------------------------------------------------------
+
+def summarize_profile(raw: Path, top: int = 18) -> list[str]:
+    """py-spy raw (collapsed) stacks -> the heaviest frames: inclusive and self share."""
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = []
+        for frame in stack.split(";"):
+            func, _, where = frame.partition(" (")
+            file = where.split(":")[0]
+            short = "/".join(Path(file).parts[-2:]) if file else "?"
+            frames.append(f"{short}:{func.strip()}")
+        for f in set(frames):
+            inclusive[f] = inclusive.get(f, 0) + n
+        if frames:
+            own[frames[-1]] = own.get(frames[-1], 0) + n
+    if not total:
+        return ["(no samples)"]
+    lines = [f"{total} samples; inclusive share of the frames in codexproxy/ and plugins/:"]
+    ours = [(f, n) for f, n in inclusive.items() if f.startswith(("codexproxy/", "plugins/", "adapter/", "accounts/", "admin/")) or "/codexproxy/" in f]
+    for f, n in sorted(ours, key=lambda x: -x[1])[:top]:
+        lines.append(f"  {100 * n / total:5.1f}%  {f}")
+    lines.append("self time (where the CPU is), all frames:")
+    for f, n in sorted(own.items(), key=lambda x: -x[1])[:top]:
+        lines.append(f"  {100 * n / total:5.1f}%  {f}")
+    return lines
+
+
+async def profile_codexproxy(cp: CodexProxy, workdir: Path, seconds: float = 8) -> list[str]:
+    spy = baselines.py_spy()
+    if spy is None:
+        return ["py-spy unavailable (bench/.venv-litellm not installed)"]
+    out = workdir / "codexproxy.pyspy.txt"
+    proc = subprocess.Popen([str(spy), "record", "--pid", str(cp.proc.pid), "--duration", str(int(seconds)), "--rate", "250",
+                             "--format", "raw", "--output", str(out), "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    await asyncio.sleep(0.5)
+    await closed_loop("127.0.0.1", cp.port, cp.request, 50, seconds, ok_stream)
+    _, err = await asyncio.to_thread(proc.communicate)
+    if not out.exists():
+        return [f"py-spy failed: {err.decode(errors='replace').strip()[-200:]}"]
+    shutil.copy(out, BENCH / "last-profile.txt")
+    return summarize_profile(out)
+
+
+# --- the table --------------------------------------------------------------------------------------
+
+def fmt(v: float, digits: int = 2) -> str:
+    return "n/a" if v != v else f"{v:.{digits}f}"
+
+
+def verdict(ok: bool | None) -> str:
+    return "-" if ok is None else ("PASS" if ok else "MISS")
+
+
+async def main_async(args) -> int:
+    sizes = QUICK if args.quick else FULL
+    workdir = Path(tempfile.mkdtemp(prefix="codexproxy-bench-"))
+    services = []
+    rows: list[tuple[str, str, str, str]] = []  # measure, value, target, verdict
+    details: list[str] = []
+    try:
+        log("starting the fake upstream, mitmdump and codexproxy")
+        up = Upstream(workdir, accounts=2)
+        services.append(up)
+        mitm = Mitmdump(workdir, up)
+        services.append(mitm)
+        cp = CodexProxy(workdir, up)
+        services.append(cp)
+        ll = None
+        ll_reason = "skipped (--no-litellm)"
+        if not args.no_litellm:
+            try:
+                log("starting LiteLLM proxy")
+                ll = LiteLLM(workdir, up, log)
+                services.append(ll)
+                conn = await Conn.open("127.0.0.1", ll.port)
+                resp = await conn.request(*ll.request())
+                await conn.close()
+                if not ok_stream(resp):
+                    raise RuntimeError(f"answered {resp.status}: {resp.body[:120]!r}")
+            except Exception as exc:
+                ll_reason = f"{type(exc).__name__}: {exc}"[:200]
+                log(f"LiteLLM unavailable: {ll_reason}")
+                if ll is not None:
+                    ll.stop()
+                ll = None
+
+        direct = Target("direct", up.port, up.direct_request)
+        t_mitm = Target("mitmdump", mitm.port, mitm.request)
+        t_cp = Target("codexproxy", cp.port, cp.request)
+        targets = [direct, t_mitm, t_cp] + ([Target("litellm", ll.port, ll.request)] if ll else [])
+
+        # 1. latency
+        log(f"latency: {sizes.latency_rounds} rounds x {sizes.latency_requests} sequential requests per target")
+        lat = await latency(targets, sizes)
+        p = {name: (median(v) * 1000, percentile(v, 0.99) * 1000) for name, v in lat.items()}
+        added = {name: (p[name][0] - p["direct"][0], p[name][1] - p["direct"][1]) for name in p}
+        r50 = added["codexproxy"][0] / added["mitmdump"][0] if added["mitmdump"][0] > 0 else float("nan")
+        r99 = added["codexproxy"][1] / added["mitmdump"][1] if added["mitmdump"][1] > 0 else float("nan")
+        rows.append(("added latency per small streamed request, p50: codexproxy / bare mitmdump", fmt(r50), "<= 1.3", verdict(r50 <= 1.3)))
+        rows.append(("added latency per small streamed request, p99: codexproxy / bare mitmdump", fmt(r99), "<= 1.3", verdict(r99 <= 1.3)))
+        if ll:
+            rows.append(("added latency p50: LiteLLM / codexproxy (how many times more LiteLLM adds)",
+                         fmt(added["litellm"][0] / added["codexproxy"][0]), "-", "-"))
+        for name in p:
+            details.append(f"latency {name:10s}: p50 {p[name][0]:7.2f} ms  p99 {p[name][1]:7.2f} ms  "
+                           f"added over direct p50 {added[name][0]:6.2f} ms  p99 {added[name][1]:6.2f} ms  (n={len(lat[name])})")
+
+        # 2. throughput
+        log(f"throughput: 50 clients, {sizes.tput_rounds} rounds x {sizes.tput_seconds:g}s per target")
+        rates = await throughput(targets, sizes)
+        rps = {name: median(v) for name, v in rates.items()}
+        tm = rps["codexproxy"] / rps["mitmdump"]
+        rows.append(("req/s at 50 concurrent clients: codexproxy / mitmdump with SSE streaming", fmt(tm), ">= 0.8", verdict(tm >= 0.8)))
+        if ll:
+            tl = rps["codexproxy"] / rps["litellm"]
+            rows.append(("req/s at 50 concurrent clients: codexproxy / LiteLLM proxy", fmt(tl, 1), ">= 10", verdict(tl >= 10)))
+        else:
+            rows.append(("req/s at 50 concurrent clients: codexproxy / LiteLLM proxy", f"unavailable: {ll_reason}", ">= 10", "-"))
+        for name, v in rps.items():
+            details.append(f"throughput {name:10s}: {v:7.1f} req/s (rounds: {', '.join(f'{x:.0f}' for x in rates[name])})")
+
+        # 3. per-event delay on a slow stream
+        log("per-event delay: a stream of 20 text deltas 20 ms apart, stamped at send time")
+        up.default(0, "drip", delay=DRIP_DELAY, count=DRIP_COUNT, text=stamped_text(DRIP_COUNT))
+        up.default(1, "drip", delay=DRIP_DELAY, count=DRIP_COUNT, text=stamped_text(DRIP_COUNT))
+        chat_body = json.dumps({"model": "gpt-5-codex", "stream": True, "messages": [{"role": "user", "content": "hi"}]}).encode()
+        anth_body = json.dumps({"model": "gpt-5-codex", "stream": True, "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}).encode()
+        resp_body = cp.request()[3]
+        paths = [Target("direct", up.port, up.direct_request),
+                 Target("mitmdump", mitm.port, mitm.request),
+                 Target("passthrough", cp.port, cp.request),
+                 Target("responses (non-Codex client)", cp.port, lambda: ("POST", "/v1/responses", cp.headers(codex=False), resp_body)),
+                 Target("chat", cp.port, lambda: ("POST", "/v1/chat/completions", cp.headers(codex=False), chat_body)),
+                 Target("anthropic", cp.port, lambda: ("POST", "/v1/messages", {**cp.headers(codex=False), "anthropic-version": "2023-06-01"}, anth_body))]
+        delays, first = await event_delay(paths, sizes)
+        # The failover path: the first account answers 500 (before the first byte), the second streams.
+        up.default(0, "server_error", status=500)
+        fo_delays, fo_first = await event_delay([Target("failover", cp.port, cp.request)], sizes,
+                                                before_each=lambda _: cp.reset_accounts())
+        delays.update(fo_delays)
+        first.update(fo_first)
+        cp.reset_accounts()
+        up.command(reset=True)
+        base = median(delays["direct"]) * 1000
+        for name in ("passthrough", "responses (non-Codex client)", "chat", "anthropic", "failover", "mitmdump"):
+            over = median(delays[name]) * 1000 - base
+            target = "<= 1 ms" if name != "mitmdump" else "-"
+            rows.append((f"per-event delay over direct, median: {name}", f"{over:.3f} ms", target, verdict(over <= 1.0) if name != "mitmdump" else "-"))
+        for name in delays:
+            details.append(f"per-event {name:28s}: median arrival-send {median(delays[name]) * 1000:6.3f} ms  "
+                           f"p99 {percentile(delays[name], 0.99) * 1000:6.3f} ms  first event after {median(first[name]) * 1000:6.2f} ms  "
+                           f"(n={len(delays[name])})")
+        fo_extra = (median(first["failover"]) - median(first["passthrough"])) * 1000
+        rows.append(("failover path: time to first event, added over a first-attempt answer", f"{fo_extra:.2f} ms", "-", "-"))
+
+        # 4. memory with 100 open streams
+        log("memory: 100 open streams")
+        up.default(0, "drip", delay=0.5, count=30)
+        cp_rss = await rss_open_streams(cp.port, cp.request, cp.proc.pid)
+        mitm_rss = await rss_open_streams(mitm.port, mitm.request, mitm.proc.pid)
+        up.command(reset=True)
+        rows.append(("RSS with 100 open streams: codexproxy", f"{cp_rss:.0f} MB", "<= 120 MB", verdict(cp_rss <= 120)))
+        rows.append(("RSS with 100 open streams: codexproxy / mitmdump", fmt(cp_rss / mitm_rss), "-", "-"))
+        details.append(f"RSS with 100 open streams: codexproxy {cp_rss:.1f} MB, mitmdump {mitm_rss:.1f} MB")
+
+        # 5. memory growth
+        log(f"memory: growth over {sizes.growth_requests} requests")
+        before, after, done = await rss_growth(cp, up, sizes.growth_requests)
+        growth = 100 * (after - before) / before
+        rows.append((f"RSS growth after {done:,} requests (after a 2,000-request warm-up)", f"{growth:+.1f}%", "<= +5%", verdict(growth <= 5)))
+        details.append(f"RSS growth: {before:.1f} MB -> {after:.1f} MB over {done} requests")
+
+        # 6. request log
+        log(f"request log: write cost at {sizes.log_rows:,} rows vs 1,000; start-up with {sizes.log_rows:,} rows")
+        costs = log_costs(workdir, sizes.log_rows)
+        wr = costs["cost_100k_us"] / costs["cost_1k_us"]
+        rows.append(("request-log write cost: at 100k rows / at 1k rows", fmt(wr), "<= 1.2", verdict(wr <= 1.2)))
+        rows.append(("request log with 100k rows: open + count + first page (in-process)", f"{costs['open_100k_s']:.3f} s", "< 1 s",
+                     verdict(costs["open_100k_s"] < 1)))
+        details.append(f"log append: {costs['cost_1k_us']:.1f} us/row at 1k rows, {costs['cost_100k_us']:.1f} us/row at 100k rows")
+        empty_s, full_s = startup_with_rows(cp, workdir, sizes.log_rows)
+        rows.append(("start-up to first served request with 100k log rows: added over an empty log", f"{full_s - empty_s:+.3f} s", "< 1 s",
+                     verdict(full_s - empty_s < 1)))
+        details.append(f"start-up to first served request: {empty_s:.2f} s with an empty log, {full_s:.2f} s with 100k rows "
+                       f"(most of it is importing Python + mitmproxy)")
+
+        # 7. converters
+        log("converter throughput")
+        conv = converter_throughput(sizes.converter_cpu_s)
+        base_ev = conv["passthrough (SSE parse only)"]
+        for name, ev in conv.items():
+            rows.append((f"converter throughput, events/s per core: {name}", f"{ev:,.0f}", "-", "-"))
+        details.append("converter throughput relative to SSE parsing alone: " +
+                       ", ".join(f"{name.split(' ')[0]} {ev / base_ev:.2f}x" for name, ev in conv.items()))
+
+        profile_lines: list[str] = []
+        if args.profile:
+            log("profile: py-spy over codexproxy at 50 concurrent clients")
+            profile_lines = await profile_codexproxy(cp, workdir)
+    finally:
+        for s in reversed(services):
+            s.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    print(f"\ncodexproxy benchmark ({'quick' if args.quick else 'full'} run; {os.cpu_count()} cores; "
+          f"{time.strftime('%Y-%m-%d %H:%M')})\n")
+    width = max(len(r[0]) for r in rows)
+    print(f"| {'measure'.ljust(width)} | value | target | |")
+    print(f"|{'-' * (width + 2)}|---|---|---|")
+    for measure, value, target, v in rows:
+        print(f"| {measure.ljust(width)} | {value} | {target} | {v} |")
+    print("\ndetails (absolute numbers, for orientation only):")
+    for line in details:
+        print("  " + line)
+    if profile_lines:
+        print("\nprofile (py-spy, codexproxy at 50 concurrent clients):")
+        for line in profile_lines:
+            print("  " + line)
+    misses = [r for r in rows if r[3] == "MISS"]
+    return 1 if misses and args.strict else 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="shorter rounds")
+    ap.add_argument("--profile", action="store_true", help="also profile codexproxy under load with py-spy")
+    ap.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM baseline")
+    ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    args = ap.parse_args()
+    try:
+        return asyncio.run(main_async(args))
+    except KeyboardInterrupt:
+        return 130
+    except Exception:
+        traceback.print_exc()
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
