@@ -139,7 +139,10 @@ class FailoverHttpStream(HttpStream):
             if not err:
                 self.context.server = self.flow.server_conn = connection
                 return True
-            # Connect failure: same path as an error answer.
+            # Connect failure: same path as an error answer. The failed connection stays in
+            # the HTTP layer with its error, and the next GetHttpConnection to the same address
+            # would get that error back without trying: forget it so a retry really connects.
+            self._forget_failed_connections()
             self.flow.response = None
             self.flow.metadata["codexproxy.transport_error"] = f"connect failed: {err}"
             self.flow.metadata[RETRY_AGAIN] = False
@@ -156,6 +159,12 @@ class FailoverHttpStream(HttpStream):
             self.server_state = self.state_done
             yield from self.send_response()
             return False
+
+    def _forget_failed_connections(self) -> None:
+        for parent in self.context.layers:
+            if isinstance(parent, http_layers.HttpLayer):
+                for conn in [c for c in parent.connections if c.error and not c.connected and c is not self.context.client]:
+                    del parent.connections[conn]
 
     # --- failures -----------------------------------------------------------------------------
     def handle_protocol_error(self, event):

@@ -26,7 +26,13 @@ log = logging.getLogger("codexproxy.proxy")
 
 EXCHANGE = "codexproxy.exchange"
 ACTIVITY = failover.ACTIVITY
+CONNECT_TIMEOUT = "codexproxy.connect_timeout"
 MAX_ATTEMPTS_HARD_CAP = 10  # whatever plugins say, one request never loops forever
+
+# Upstream response headers the client never sees: hop-by-hop, and the upstream's cookies
+# and host policies (they belong to chatgpt.com, not to this gateway).
+DROPPED_RESPONSE_HEADERS = frozenset({"connection", "keep-alive", "transfer-encoding", "content-encoding", "set-cookie",
+                                      "alt-svc", "strict-transport-security"})
 
 # Client headers that Codex CLI sends and the backend understands (REFERENCE §1).
 PASS_HEADERS = ("version", "x-client-request-id", "thread-id", "openai-beta", "conversation_id", "accept-language")
@@ -218,11 +224,10 @@ class Gateway:
         body = json.dumps(ex.upstream_body, ensure_ascii=False).encode() if ex.upstream_body is not None else ex.body
         req = flow.request
         req.url = url
-        req.headers.clear()
-        for name, value in headers.items():
-            if value is None or not str(value).isascii():
-                continue  # a non-ASCII header value would be rejected upstream or corrupt the request
-            req.headers[name] = str(value)
+        # A fresh Headers object: Headers.clear() removes fields one by one (quadratic).
+        # A non-ASCII value would be rejected upstream or corrupt the request: dropped.
+        req.headers = http.Headers([(name.encode(), str(value).encode()) for name, value in headers.items()
+                                    if value is not None and str(value).isascii()])
         req.content = body
         flow.metadata[ACTIVITY] = time.monotonic()
         self.active[flow.id] = flow
@@ -312,11 +317,8 @@ class Gateway:
 
     @staticmethod
     def _set_client_headers(resp: http.Response, headers: dict[str, str]) -> None:
-        resp.headers.clear()
-        for name, value in headers.items():
-            if name in ("connection", "keep-alive", "transfer-encoding", "content-encoding", "set-cookie", "alt-svc", "strict-transport-security"):
-                continue
-            resp.headers[name] = value
+        resp.headers = http.Headers([(name.encode(), value.encode("utf-8", "replace")) for name, value in headers.items()
+                                     if name not in DROPPED_RESPONSE_HEADERS])
 
     async def upstream_retry(self, flow: http.HTTPFlow) -> None:
         """Custom blocking hook from failover.py: the attempt failed before the first byte."""
@@ -326,6 +328,8 @@ class Gateway:
         try:
             attempt = ex.attempts[-1]
             transport_error = flow.metadata.pop("codexproxy.transport_error", None)
+            if transport_error and (timeout := flow.metadata.pop(CONNECT_TIMEOUT, None)):
+                transport_error = f"connect timeout: no connection within {timeout:g}s"
             if transport_error:
                 attempt.error = transport_error
                 attempt.status = None
@@ -425,20 +429,40 @@ class Gateway:
         except Exception:
             log.error("exchange_done hook failed: %s", traceback.format_exc(limit=6))
 
-    # --- idle upstreams ---------------------------------------------------------------------
+    # --- idle upstreams and hanging connects ----------------------------------------------
     async def watch_idle(self, proxyserver: Any) -> None:
-        """Inject IdleTimeout into flows whose upstream has been silent too long."""
-        idle = self.app.config.upstream.stream_idle_timeout_s
-        period = max(0.05, min(1.0, idle / 4))
+        """Inject IdleTimeout into flows whose upstream has been silent too long, and cancel
+        upstream connects that take longer than connect_timeout_s (the layer cannot: it is
+        paused on the connect until it completes)."""
+        cfg = self.app.config.upstream
+        idle, connect = cfg.stream_idle_timeout_s, cfg.connect_timeout_s
+        period = max(0.05, min(1.0, idle / 4, connect / 4))
         while True:
             await asyncio.sleep(period)
             now = time.monotonic()
             for flow_id, flow in list(self.active.items()):
+                if not flow.live:
+                    continue
+                self._cancel_slow_connect(proxyserver, flow, connect)
                 last = flow.metadata.get(ACTIVITY, now)
-                if now - last < idle or not flow.live:
+                if now - last < idle:
                     continue
                 flow.metadata[ACTIVITY] = now  # once per idle period
                 try:
                     proxyserver.inject_event(events.MessageInjected(flow, failover.IdleTimeout(f"upstream idle timeout: no data for {idle:g}s")))
                 except (ValueError, KeyError):
                     self.active.pop(flow_id, None)
+
+    @staticmethod
+    def _cancel_slow_connect(proxyserver: Any, flow: http.HTTPFlow, timeout: float) -> None:
+        handler = proxyserver.connections.get(flow.client_conn.id)
+        if handler is None:
+            return
+        wall = time.time()
+        for conn, io in list(handler.transports.items()):
+            if conn is flow.client_conn or conn.timestamp_tcp_setup is not None or not conn.timestamp_start:
+                continue
+            task = io.handler
+            if wall - conn.timestamp_start > timeout and task is not None and not task.done():
+                flow.metadata[CONNECT_TIMEOUT] = timeout
+                task.cancel()  # open_connection turns this into a connect error: the retry path

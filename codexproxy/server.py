@@ -20,7 +20,7 @@ from mitmproxy import options
 from mitmproxy.addons import core, next_layer, proxyserver, tlsconfig
 from mitmproxy.master import Master
 
-from . import failover
+from . import failover, http1_server
 from .proxy import Gateway
 
 log = logging.getLogger("codexproxy")
@@ -51,6 +51,7 @@ class ProxyServer:
         """Bind and start serving; returns the base URL (http://host:port)."""
         cfg = self.app.config
         failover.install()
+        http1_server.install()
         origin = urlsplit(cfg.upstream.base_url)
         opts = options.Options(
             listen_host=cfg.server.host,

@@ -242,6 +242,14 @@ def codexproxy_upstream_failed(app, exchange, attempt):
         return None  # fallback upstream or no pool credentials: nothing to fail over from
     account = app.accounts.get(account_id)
     level = account.cooldown_level if account else 0
+    if kind == "transport" and account is not None and not (attempt.error or "").startswith(("connect", "upstream idle")):
+        # The server dropped the connection before answering: usually a kept-alive connection
+        # it had just closed. One more try on the same account before blaming the account.
+        reconnected = exchange.meta.setdefault("routing_reconnected", [])
+        if account_id not in reconnected:
+            reconnected.append(account_id)
+            _router(app).count("retry:reconnect")
+            return Retry(account=account, reason="reconnect")
     if kind == "unauthorized":
         already = exchange.meta.setdefault("routing_refreshed", [])
         if account_id not in already:

@@ -217,3 +217,13 @@ def test_key_pinned_to_a_group(make_proxy, fake):
         for _ in range(6):
             assert ask(proxy, client).status_code == 200
     assert set(served_by(fake)) == {a.account_id for a in proxy.fake_accounts[1:]}
+
+
+def test_a_dropped_connection_is_retried_on_the_same_account_first(make_proxy, fake):
+    proxy = make_proxy(accounts=2)
+    first, second = proxy.fake_accounts
+    fake.script(first, B.hang(seconds=0.01))  # closes the connection without answering
+    r = ask(proxy)
+    assert r.status_code == 200
+    assert served_by(fake) == [first.account_id, first.account_id]
+    assert accounts_by_fake_id(proxy)[first.account_id]["status"] == "active"
