@@ -205,7 +205,8 @@ def cmd_keys_create(app: App, args: argparse.Namespace) -> int:
 
 def cmd_keys_list(app: App, args: argparse.Namespace) -> int:
     stats = key_stats(app.logs)
-    keys = [dict(k.public(), **stats.get(k.id, {})) for k in app.keys.all()]
+    unused = {"last_used": None, "requests_today": 0, "tokens_today": 0}
+    keys = [{**k.public(), **unused, **stats.get(k.id, {})} for k in app.keys.all()]
     emit(args, keys, lambda: table([[k["id"], k["name"], k["prefix"] + "…", "yes" if k["enabled"] else "no", k.get("model") or "-",
                                      k.get("effort") or "-", fmt_time(k.get("expires_at")), fmt_time(k.get("last_used")),
                                      str(k.get("requests_today", 0)), str(k.get("tokens_today", 0))] for k in keys],
@@ -255,6 +256,62 @@ def cmd_keys_remove(app: App, args: argparse.Namespace) -> int:
     key = _find_key(app, args.id)
     app.keys.remove(key.id)
     print(f"removed key {key.id} ({key.name})")
+    return 0
+
+
+def cmd_rpc(app: App, args: argparse.Namespace) -> int:
+    """Call an admin API method: on the running proxy when there is one (so its in-memory
+    state and the store agree), else in this process."""
+    try:
+        params = json.loads(args.params) if args.params is not None else {}
+    except ValueError as exc:
+        raise CLIError(f"rpc: JSON_PARAMS is not valid JSON: {exc}") from None
+    url = app.running_proxy_url()
+    if url is None:
+        result = _rpc_local(app, args.method, params)
+    else:
+        import httpx
+
+        try:
+            response = httpx.post(url.rstrip("/") + "/rpc", json={"jsonrpc": "2.0", "id": 1, "method": args.method, "params": params},
+                                  headers={"authorization": f"Bearer {app.admin_token}"}, timeout=args.timeout)
+            body = response.json()
+        except httpx.HTTPError as exc:
+            raise CLIError(f"rpc: cannot reach the running proxy at {url}: {exc}") from None
+        except ValueError:
+            raise CLIError(f"rpc: the proxy at {url} answered {response.status_code} without JSON (is the admin plugin enabled?)") from None
+        if not isinstance(body, dict) or ("error" not in body and "result" not in body):
+            raise CLIError(f"rpc: unexpected answer from {url}: {str(body)[:200]}")
+        if "error" in body:
+            error = body["error"] if isinstance(body["error"], dict) else {"message": str(body["error"])}
+            raise CLIError(f"rpc {args.method}: {error.get('message')} ({error.get('code')})")
+        result = body["result"]
+    print(json.dumps(result, indent=2, ensure_ascii=False))
+    return 0
+
+
+def _rpc_local(app: App, method: str, params: Any) -> Any:
+    from .exchange import GatewayError
+
+    methods: dict[str, Any] = {}
+    for table in app.hook.codexproxy_rpc_methods(app=app):
+        methods.update(table or {})
+    func = methods.get(method)
+    if func is None:
+        raise CLIError(f"rpc: no method {method!r} (methods: {', '.join(sorted(methods)) or 'none: is the admin plugin enabled?'})")
+    try:
+        return func(app, params)
+    except GatewayError as exc:
+        raise CLIError(f"rpc {method}: {exc.message}") from None
+    except (ValueError, LookupError, TypeError) as exc:
+        raise CLIError(f"rpc {method}: {exc.args[0] if exc.args else exc}") from None
+
+
+def cmd_admin_token(app: App, args: argparse.Namespace) -> int:
+    if args.path:
+        print("config admin.token" if app.config.admin.token else app.admin_token_file)
+    else:
+        print(app.admin_token)
     return 0
 
 
@@ -356,6 +413,15 @@ def build_parser(registry_hook: Callable[[CommandRegistry], None] | None = None)
     p = reg.command(None, "codex-config", "print the Codex CLI config.toml block for this proxy")
     p.add_argument("--key", help="the platform key to put in the export line")
     p.set_defaults(func=cmd_codex_config)
+
+    p = reg.command(None, "rpc", "call an admin API method (on the running proxy if there is one), e.g. rpc keys.list")
+    p.add_argument("method", metavar="METHOD")
+    p.add_argument("params", metavar="JSON_PARAMS", nargs="?", help='an object, e.g. \'{"id": "key_..."}\'')
+    p.add_argument("--timeout", type=float, default=60.0)
+    p.set_defaults(func=cmd_rpc)
+    p = reg.command(None, "admin-token", "print the admin token of the status page and admin API")
+    p.add_argument("--path", action="store_true", help="print where it is kept instead")
+    p.set_defaults(func=cmd_admin_token)
 
     p = reg.command("keys", "create", "create a platform key (shown once)")
     p.add_argument("name")

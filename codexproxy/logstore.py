@@ -4,6 +4,8 @@ TinyDB rewrites its whole file on every write, so a log kept there would make ea
 cost more than the last. Here a write is one `write()` of one line to an O_APPEND file: flat
 cost, safe from `kill -9` (the kernel keeps what was written), and a torn last line is skipped
 on read. Retention drops whole old segments.
+
+Also here: `compile_query`, the log query syntax shared by the CLI, the status page and the API.
 """
 
 from __future__ import annotations
@@ -185,3 +187,44 @@ def key_stats(logs: LogStore) -> dict[str, dict[str, Any]]:
             entry["requests_today"] += 1
             entry["tokens_today"] += (row.get("input_tokens") or 0) + (row.get("output_tokens") or 0)
     return stats
+
+
+# --- the log query syntax (CLI, status page, admin API) ----------------------------------------
+# path: method: model: key: account: status: (status:5xx ranges), field:=value exact, bare words
+# search every field.
+FIELD_ALIASES = {"path": ("path",), "method": ("method",), "model": ("model",), "key": ("key_name", "key_id"),
+                 "account": ("account", "account_id"), "status": ("status",), "protocol": ("protocol",), "error": ("error",)}
+
+
+def compile_query(query: str) -> Callable[[dict[str, Any]], bool]:
+    """`status:5xx model:=gpt-5 timeout` -> a row predicate (all terms must match)."""
+    tests: list[Callable[[dict[str, Any]], bool]] = []
+    for term in query.split():
+        name, sep, value = term.partition(":")
+        if sep and name.lower() in FIELD_ALIASES and value:
+            tests.append(_field_test(FIELD_ALIASES[name.lower()], value))
+        else:
+            needle = term.lower()
+            tests.append(lambda row, n=needle: n in json.dumps(row, ensure_ascii=False).lower())
+    return lambda row: all(t(row) for t in tests)
+
+
+def _field_test(fields: tuple[str, ...], value: str) -> Callable[[dict[str, Any]], bool]:
+    exact = value.startswith("=")
+    value = value[1:] if exact else value
+    low = value.lower()
+    if fields == ("status",) and len(low) == 3 and low.endswith("xx") and low[0].isdigit():
+        first = int(low[0])
+        return lambda row: isinstance(row.get("status"), int) and row["status"] // 100 == first
+
+    def test(row: dict[str, Any]) -> bool:
+        for field in fields:
+            have = row.get(field)
+            if have is None:
+                continue
+            have = str(have).lower()
+            if (have == low) if exact or field == "status" else (low in have):
+                return True
+        return False
+
+    return test

@@ -10,16 +10,20 @@ import csv
 import io
 import json
 import sys
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import Field
 
 from codexproxy import hookimpl
 from codexproxy.config import PluginConfig
+from codexproxy.logstore import compile_query
 
 FIELDS = ("time", "id", "key_id", "key_name", "account_id", "account", "protocol", "method", "path", "model", "effort",
           "status", "latency_ms", "ttfb_ms", "input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens",
           "attempts", "error")
+
+
+QUIET_ROUTES = ("health", "root", "status", "metrics")
 
 
 class LoggingConfig(PluginConfig):
@@ -66,48 +70,9 @@ def row_for(exchange) -> dict[str, Any]:
 
 @hookimpl
 def codexproxy_exchange_done(app, exchange):
-    if exchange.route is not None and exchange.route.name == "health":
-        return  # liveness probes would drown the log
+    if exchange.route is not None and exchange.route.name in QUIET_ROUTES:
+        return  # liveness probes, status page views and metrics scrapes would drown the log
     app.logs.append(row_for(exchange))
-
-
-# --- the query syntax: path: method: model: key: account: status: (5xx), =exact, bare words ---
-FIELD_ALIASES = {"path": ("path",), "method": ("method",), "model": ("model",), "key": ("key_name", "key_id"),
-                 "account": ("account", "account_id"), "status": ("status",), "protocol": ("protocol",), "error": ("error",)}
-
-
-def compile_query(query: str) -> Callable[[dict[str, Any]], bool]:
-    """`status:5xx model:=gpt-5 timeout` -> a row predicate (all terms must match)."""
-    tests: list[Callable[[dict[str, Any]], bool]] = []
-    for term in query.split():
-        name, sep, value = term.partition(":")
-        if sep and name.lower() in FIELD_ALIASES and value:
-            tests.append(_field_test(FIELD_ALIASES[name.lower()], value))
-        else:
-            needle = term.lower()
-            tests.append(lambda row, n=needle: n in json.dumps(row, ensure_ascii=False).lower())
-    return lambda row: all(t(row) for t in tests)
-
-
-def _field_test(fields: tuple[str, ...], value: str) -> Callable[[dict[str, Any]], bool]:
-    exact = value.startswith("=")
-    value = value[1:] if exact else value
-    low = value.lower()
-    if fields == ("status",) and len(low) == 3 and low.endswith("xx") and low[0].isdigit():
-        first = int(low[0])
-        return lambda row: isinstance(row.get("status"), int) and row["status"] // 100 == first
-
-    def test(row: dict[str, Any]) -> bool:
-        for field in fields:
-            have = row.get(field)
-            if have is None:
-                continue
-            have = str(have).lower()
-            if (have == low) if exact or field == "status" else (low in have):
-                return True
-        return False
-
-    return test
 
 
 def cmd_logs(app, args) -> int:

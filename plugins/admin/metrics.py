@@ -1,0 +1,192 @@
+"""GET /metrics: Prometheus text format (0.0.4).
+
+Counters and histograms are kept in memory by the `exchange_start` / `exchange_done` observers;
+gauges about accounts (usage %, status) are read from the store at scrape time, and job runs
+from `app.jobs.last_run`. Auth is optional: with `metrics.token` set, scrapers send it (or the
+admin token) as a Bearer token.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import threading
+import time
+from typing import Any, Iterable
+
+from codexproxy.exchange import LocalResponse
+
+from .session import bearer
+
+BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, math.inf)
+TOKEN_KINDS = ("input", "cached", "output", "reasoning")
+
+
+class Histogram:
+    def __init__(self) -> None:
+        self.counts = [0] * len(BUCKETS)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.sum += value
+        self.count += 1
+        for i, bound in enumerate(BUCKETS):
+            if value <= bound:
+                self.counts[i] += 1  # stored per bucket; rendered cumulative
+                break
+
+
+class Metrics:
+    """Everything counted in this proxy process since it started."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.active: dict[str, Any] = {}  # exchange id -> Exchange, while it runs
+        self.requests: dict[tuple[str, str, str], int] = {}
+        self.latency: dict[str, Histogram] = {}
+        self.ttfb: dict[str, Histogram] = {}
+        self.failovers: dict[str, int] = {}
+        self.cooldowns: dict[str, int] = {}
+        self.tokens: dict[tuple[str, str, str], int] = {}
+        self.job_seen: dict[str, float] = {}
+        self.job_runs: dict[tuple[str, str], int] = {}
+
+    def start(self, exchange) -> None:
+        with self.lock:
+            self.active[exchange.id] = exchange
+
+    def done(self, exchange) -> None:
+        route = exchange.route.name if exchange.route and exchange.route.name else "unknown"
+        status = f"{exchange.status // 100}xx" if exchange.status else "none"
+        with self.lock:
+            self.active.pop(exchange.id, None)
+            key = (route, exchange.protocol, status)
+            self.requests[key] = self.requests.get(key, 0) + 1
+            self.latency.setdefault(route, Histogram()).observe(exchange.elapsed_ms() / 1000)
+            if exchange.ttfb_ms is not None:
+                self.ttfb.setdefault(route, Histogram()).observe(exchange.ttfb_ms / 1000)
+            attempts = exchange.attempts
+            for i, attempt in enumerate(attempts):
+                if not attempt.reason or attempt.reason == "client_error":
+                    continue
+                following = attempts[i + 1] if i + 1 < len(attempts) else None
+                if following is not None:
+                    self.failovers[attempt.reason] = self.failovers.get(attempt.reason, 0) + 1
+                if attempt.account_id and (following is None or following.account_id != attempt.account_id):
+                    self.cooldowns[attempt.reason] = self.cooldowns.get(attempt.reason, 0) + 1
+            if exchange.usage is not None:
+                who = (getattr(exchange.key, "name", None) or "none", getattr(exchange.account, "id", None) or "none")
+                usage = exchange.usage
+                for kind, value in zip(TOKEN_KINDS, (usage.input_tokens, usage.cached_tokens, usage.output_tokens, usage.reasoning_tokens)):
+                    self.tokens[who + (kind,)] = self.tokens.get(who + (kind,), 0) + value
+
+    def seen_jobs(self, last_run: dict[str, dict[str, Any]]) -> None:
+        """Count job runs not seen before (last_run keeps only the latest run of each job)."""
+        with self.lock:
+            for name, info in list(last_run.items()):
+                at = info.get("at")
+                if at is not None and self.job_seen.get(name) != at:
+                    self.job_seen[name] = at
+                    result = "ok" if info.get("ok") else "failed"
+                    self.job_runs[(name, result)] = self.job_runs.get((name, result), 0) + 1
+
+
+def _esc(value: Any) -> str:
+    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _num(value: float) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    return "+Inf" if value == math.inf else repr(float(value))
+
+
+class Writer:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def family(self, name: str, kind: str, help_: str, samples: Iterable[tuple[dict[str, Any], float]], suffix: str = "") -> None:
+        self.lines += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}"]
+        for labels, value in samples:
+            self.sample(name + suffix, labels, value)
+
+    def sample(self, name: str, labels: dict[str, Any], value: float) -> None:
+        inner = ",".join(f'{k}="{_esc(v)}"' for k, v in labels.items())
+        self.lines.append(f"{name}{{{inner}}} {_num(value)}" if inner else f"{name} {_num(value)}")
+
+    def histograms(self, name: str, help_: str, label: str, hists: dict[str, Histogram]) -> None:
+        self.lines += [f"# HELP {name} {help_}", f"# TYPE {name} histogram"]
+        for value, hist in sorted(hists.items()):
+            running = 0
+            for bound, count in zip(BUCKETS, hist.counts):
+                running += count
+                self.sample(f"{name}_bucket", {label: value, "le": "+Inf" if bound == math.inf else repr(bound)}, running)
+            self.sample(f"{name}_sum", {label: value}, hist.sum)
+            self.sample(f"{name}_count", {label: value}, hist.count)
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+def render(app, m: Metrics) -> str:
+    m.seen_jobs(app.jobs.last_run)
+    now = time.time()
+    accounts = app.accounts.ordered()
+    w = Writer()
+    with m.lock:
+        active = list(m.active.values())
+        w.family("codexproxy_requests_total", "counter", "Client requests answered, by route, client protocol and status class.",
+                 [({"route": r, "protocol": p, "status": s}, n) for (r, p, s), n in sorted(m.requests.items())])
+        w.histograms("codexproxy_request_duration_seconds", "Time from request to the last byte.", "route", m.latency)
+        w.histograms("codexproxy_time_to_first_byte_seconds", "Time from request to the first byte sent to the client.", "route", m.ttfb)
+        w.family("codexproxy_failovers_total", "counter", "Requests sent again to another account (or the same after a token refresh), by reason.",
+                 [({"reason": r}, n) for r, n in sorted(m.failovers.items())])
+        w.family("codexproxy_cooldowns_total", "counter", "Accounts set aside after a failed attempt, by reason.",
+                 [({"reason": r}, n) for r, n in sorted(m.cooldowns.items())])
+        w.family("codexproxy_tokens_total", "counter", "Tokens reported by the upstream, by platform key, account and kind.",
+                 [({"key": k, "account": a, "kind": kind}, n) for (k, a, kind), n in sorted(m.tokens.items())])
+        w.family("codexproxy_job_runs_total", "counter", "Background job runs seen, by result.",
+                 [({"job": j, "result": r}, n) for (j, r), n in sorted(m.job_runs.items())])
+    upstream = [ex for ex in active if ex.route is not None and ex.route.kind == "upstream"]
+    w.family("codexproxy_active_requests", "gauge", "Client requests in progress.", [({}, len(active))])
+    w.family("codexproxy_active_streams", "gauge", "Streaming answers in progress.",
+             [({}, sum(1 for ex in upstream if ex.client_stream and ex.status is not None and ex.status < 400))])
+    inflight: dict[str, int] = {a.id: 0 for a in accounts}
+    for ex in upstream:
+        if ex.account is not None:
+            inflight[ex.account.id] = inflight.get(ex.account.id, 0) + 1
+    w.family("codexproxy_account_inflight", "gauge", "Requests in progress per account.", [({"account": a}, n) for a, n in inflight.items()])
+    w.family("codexproxy_account_info", "gauge", "Accounts of the pool (value 1), with their names.",
+             [({"account": a.id, "name": a.name, "plan": a.plan or "", "group": a.group or ""}, 1) for a in accounts])
+    w.family("codexproxy_account_status", "gauge", "The status of each account (value 1).",
+             [({"account": a.id, "status": a.effective_status(now)}, 1) for a in accounts])
+    windows = [(a.id, name, window) for a in accounts for name, window in (("5h", a.primary), ("7d", a.secondary)) if window is not None]
+    w.family("codexproxy_account_used_percent", "gauge", "Usage of the 5h and 7d windows per account, in percent.",
+             [({"account": a, "window": name}, win.used_percent) for a, name, win in windows])
+    w.family("codexproxy_account_reset_timestamp_seconds", "gauge", "When each usage window resets (epoch seconds).",
+             [({"account": a, "window": name}, win.reset_at) for a, name, win in windows if win.reset_at])
+    last = app.jobs.last_run
+    w.family("codexproxy_job_last_run_timestamp_seconds", "gauge", "When each background job last ran (epoch seconds).",
+             [({"job": j}, info["at"]) for j, info in sorted(last.items()) if info.get("at")])
+    w.family("codexproxy_job_last_success", "gauge", "Whether the last run of each job succeeded (1) or failed (0).",
+             [({"job": j}, bool(info.get("ok"))) for j, info in sorted(last.items())])
+    w.family("codexproxy_job_last_duration_seconds", "gauge", "How long the last successful run of each job took.",
+             [({"job": j}, info["seconds"]) for j, info in sorted(last.items()) if "seconds" in info])
+    w.family("codexproxy_uptime_seconds", "gauge", "Seconds since the proxy started.", [({}, round(now - app.started_at, 1))])
+    return w.text()
+
+
+def handle(app, exchange, metrics: Metrics) -> LocalResponse:
+    if exchange.method not in ("GET", "HEAD"):
+        return LocalResponse(405, f"{exchange.method} is not allowed on /metrics; use GET.\n", {"allow": "GET, HEAD"})
+    token = app.config.metrics.token
+    if token:
+        offered = bearer(exchange.headers) or ""
+        if not (secrets.compare_digest(offered.encode(), token.encode()) or app.check_admin_token(offered)):
+            return LocalResponse(401, "Unauthorized: send metrics.token as 'Authorization: Bearer <token>'.\n",
+                                 {"www-authenticate": 'Bearer realm="codexproxy metrics"'})
+    return LocalResponse(200, render(app, metrics), {"cache-control": "no-store"},
+                         content_type="text/plain; version=0.0.4; charset=utf-8")
