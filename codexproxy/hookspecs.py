@@ -59,8 +59,10 @@ def codexproxy_browser_url(app):
 
 @hookspec
 def codexproxy_rpc_methods(app):
-    """Return {"group.method": func(app, params) -> JSON value} for the admin JSON-RPC API.
-    Called in a worker thread."""
+    """Return {"group.method": func(app, params) -> JSON value} for the admin JSON-RPC API
+    (POST /rpc, `codexproxy rpc`). Called in a worker thread. Raise ValueError for bad params
+    (JSON-RPC -32602, HTTP 400), LookupError for something not found (-32001, 404), or a
+    GatewayError for its own status; anything else is an internal error (-32603, logged)."""
 
 
 # --- one request, in order -------------------------------------------------------------------
