@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 AccountStatus = Literal["active", "cooling", "exhausted_5h", "exhausted_7d", "reauth_required", "disabled"]
 TIMED_STATUSES = ("cooling", "exhausted_5h", "exhausted_7d")
+EFFORTS = ("minimal", "low", "medium", "high", "xhigh")  # what a platform key may be bound to
 
 
 def now() -> float:

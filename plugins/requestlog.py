@@ -7,7 +7,6 @@ written. Tokens never reach a row: only ids, names and counts.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import sys
 from typing import Any

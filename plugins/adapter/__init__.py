@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
-
 import httpx
 from pydantic import Field
 

@@ -17,7 +17,7 @@ from typing import Any, Callable
 from codexproxy import __version__
 from codexproxy.logstore import compile_query, key_stats
 
-EFFORTS = ("minimal", "low", "medium", "high", "xhigh")
+from codexproxy.models import EFFORTS
 DURATION = re.compile(r"(\d+)\s*([smhdw])")
 SCALE = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
