@@ -24,13 +24,17 @@ class LogStore:
     def __init__(self, directory: str | os.PathLike, retention: int = 100_000) -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.retention = max(1, retention)
-        self.segment_rows = max(100, min(10_000, self.retention // 10))
+        self.set_retention(retention)
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._segments: list[tuple[int, int]] = []  # (sequence, rows), oldest first
         self._listeners: list[Callable[[dict[str, Any]], None]] = []
         self._scan()
+
+    def set_retention(self, rows: int) -> None:
+        """Keep at least `rows` rows; whole segments of about a tenth of that are dropped."""
+        self.retention = max(1, rows)
+        self.segment_rows = max(100, min(10_000, self.retention // 10))
 
     # --- segments -------------------------------------------------------------------------
     def _path(self, seq: int) -> Path:
@@ -85,6 +89,11 @@ class LogStore:
         line = (json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
         with self._lock:
             fd = self._open_current()
+            if os.fstat(fd).st_nlink == 0:  # `logs clear` (another process) removed our segment
+                os.close(fd)
+                self._fd = None
+                self._scan()
+                fd = self._open_current()
             os.write(fd, line)
             seq, rows = self._segments[-1]
             self._segments[-1] = (seq, rows + 1)

@@ -36,7 +36,7 @@ def codexproxy_config_model():
 
 @hookimpl
 def codexproxy_startup(app):
-    app.logs.retention = app.plugin_config("logging").retention
+    app.logs.set_retention(app.plugin_config("logging").retention)
 
 
 def row_for(exchange) -> dict[str, Any]:
