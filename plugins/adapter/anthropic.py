@@ -15,7 +15,7 @@ from typing import Any
 from codexproxy.exchange import GatewayError
 from codexproxy.sse import encode
 
-from .common import (bad_request, require_model_and_messages, EFFORTS, Aggregate, EventStream, ToolCall, message_text, parse_model_effort,
+from .common import (bad_request, checked_role, require_model_and_messages, EFFORTS, Aggregate, EventStream, ToolCall, message_text, parse_model_effort,
                      reasoning_fields, reasoning_text, usage_counts)
 
 _ROLES = ("user", "assistant", "system")
@@ -86,11 +86,7 @@ def _text_blocks(content: Any, where: str) -> str:
 
 
 def _convert_message(msg: Any, where: str, call_ids: set[str]) -> list[dict]:
-    if not isinstance(msg, dict):
-        raise _bad(f"'{where}' must be an object.", where)
-    role = msg.get("role")
-    if role not in _ROLES:
-        raise _bad(f"'{where}.role' must be one of {', '.join(_ROLES)}; got {role!r}.", f"{where}.role")
+    role = checked_role(msg, where, _ROLES)
     content = msg.get("content")
     if role == "system":  # Claude Code's mid-conversation system message
         text = _text_blocks(content, f"{where}.content")

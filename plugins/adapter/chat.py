@@ -11,7 +11,7 @@ from typing import Any
 
 from codexproxy.exchange import GatewayError
 
-from .common import (bad_request, require_model_and_messages, Aggregate, EventStream, ToolCall, message_text, parse_model_effort,
+from .common import (bad_request, checked_role, require_model_and_messages, Aggregate, EventStream, ToolCall, message_text, parse_model_effort,
                      reasoning_fields, reasoning_text, usage_counts)
 
 _ROLES = ("system", "developer", "user", "assistant", "tool")
@@ -70,11 +70,7 @@ def _convert_messages(messages: list) -> list[dict]:
     call_kinds: dict[str, str] = {}  # call_id -> "function" | "custom", from assistant turns
     for i, msg in enumerate(messages):
         where = f"messages[{i}]"
-        if not isinstance(msg, dict):
-            raise _bad(f"'{where}' must be an object.", where)
-        role = msg.get("role")
-        if role not in _ROLES:
-            raise _bad(f"'{where}.role' must be one of {', '.join(_ROLES)}; got {role!r}.", f"{where}.role")
+        role = checked_role(msg, where, _ROLES)
         content = msg.get("content")
         if role in ("system", "developer"):
             items.append(_message("developer", [{"type": "input_text", "text": _text_of(content, where)}]))

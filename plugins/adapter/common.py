@@ -42,6 +42,16 @@ def require_model_and_messages(body: Any) -> tuple[str, list]:
     return model, messages
 
 
+def checked_role(msg: Any, where: str, roles: tuple[str, ...]) -> str:
+    """The role of one message, after checking the message is an object with a known role."""
+    if not isinstance(msg, dict):
+        raise bad_request(f"'{where}' must be an object.", where)
+    role = msg.get("role")
+    if role not in roles:
+        raise bad_request(f"'{where}.role' must be one of {', '.join(roles)}; got {role!r}.", f"{where}.role")
+    return role
+
+
 def parse_model_effort(model: str) -> tuple[str, str | None]:
     """Split "gpt-5.5(high)" into ("gpt-5.5", "high"); no (known) suffix gives (model, None).
 
