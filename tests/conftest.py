@@ -209,6 +209,30 @@ def proxy(make_proxy) -> Proxy:
     return make_proxy()
 
 
+def wait_for(predicate, timeout: float = 15, what: str = "condition"):
+    """Poll `predicate` until it returns something true; that value, or AssertionError."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def app(tmp_path: Path, fake: FakeUpstream):
+    """An in-process App on a fresh store pointed at the fake (for plugin-level tests)."""
+    from codexproxy.app import App
+    from codexproxy.config import load_config
+
+    path = tmp_path / "app.yaml"
+    path.write_text(yaml.safe_dump(base_config(tmp_path / "app", fake)))
+    application = App(load_config(path))
+    yield application
+    application.close()
+
+
 def read_sse(response: httpx.Response) -> list[tuple[float, str, str]]:
     """(arrival time, event, data) for each SSE event of a streamed httpx response."""
     out: list[tuple[float, str, str]] = []

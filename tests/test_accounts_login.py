@@ -12,10 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
-from codexproxy.app import App
-from codexproxy.config import load_config
 from tests.conftest import PYTHON, Proxy, base_config, deep_merge
 
 AUTHORIZE = re.compile(r"(https?://\S+/oauth/authorize\?\S+)")
@@ -198,13 +195,6 @@ def test_login_again_renews_the_same_account(tmp_path, fake):
 
 # --- the running proxy's side: login.* RPC methods, in process -----------------------------------
 
-@pytest.fixture
-def app(tmp_path, fake):
-    path = tmp_path / "app.yaml"
-    path.write_text(yaml.safe_dump(base_config(tmp_path / "app", fake)))
-    application = App(load_config(path))
-    yield application
-    application.close()
 
 
 def rpc(app, method, params=None):

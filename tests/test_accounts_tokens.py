@@ -16,17 +16,7 @@ from codexproxy.config import load_config
 from codexproxy.models import Account
 from codexproxy_plugins.accounts import tokens
 from codexproxy_plugins.accounts.backoff import Schedule
-from tests.conftest import PYTHON, RESPONSES_BODY, base_config, deep_merge, read_sse
-
-
-def wait_for(predicate, timeout: float = 15, what: str = "condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.conftest import wait_for, PYTHON, RESPONSES_BODY, base_config, deep_merge, read_sse
 
 
 def wait_first_poll(proxy) -> None:

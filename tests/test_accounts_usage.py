@@ -8,24 +8,11 @@ import time
 
 import httpx
 import pytest
-import yaml
 
-from codexproxy.app import App
-from codexproxy.config import load_config
 from codexproxy.models import Account, Window
 from codexproxy_plugins.accounts import usage
 from codexproxy_plugins.accounts.backoff import Schedule
-from tests.conftest import RESPONSES_BODY, base_config, read_sse
-
-
-def wait_for(predicate, timeout: float = 15, what: str = "condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.conftest import wait_for, RESPONSES_BODY, read_sse
 
 
 def settled_mtime(proxy, quiet: float = 1.5) -> int:
@@ -137,13 +124,6 @@ def test_usage_poll_failure_is_a_warning_not_an_error(make_proxy, fake):
     assert "warning:" in result.stderr and "HTTP 500" in result.stderr
 
 
-@pytest.fixture
-def app(tmp_path, fake):
-    path = tmp_path / "app.yaml"
-    path.write_text(yaml.safe_dump(base_config(tmp_path / "app", fake)))
-    application = App(load_config(path))
-    yield application
-    application.close()
 
 
 def test_poll_job_backs_off_per_account(app, fake):

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import PYTHON, RESPONSES_BODY, Proxy, base_config, clean_env, read_sse
+from tests.conftest import PYTHON, RESPONSES_BODY, Proxy, clean_env, read_sse
 from tests.fakeupstream import B
 
 

@@ -6,7 +6,6 @@ import csv
 import io
 import json
 
-import httpx
 
 from codexproxy.logstore import LogStore
 from tests.conftest import RESPONSES_BODY

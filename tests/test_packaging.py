@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
 import sys
 import sysconfig
 import time
-from pathlib import Path
 
 import httpx
 import pytest

@@ -6,7 +6,6 @@ import collections
 import concurrent.futures
 import time
 
-import httpx
 import pytest
 
 from tests.conftest import RESPONSES_BODY, read_sse
