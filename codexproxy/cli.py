@@ -138,6 +138,8 @@ def build_parser(registry_hook: Callable[[CommandRegistry], None] | None = None)
     p.add_argument("--path", action="store_true", help="print where it is kept instead")
     p.set_defaults(func=c.cmd_admin_token)
 
+    reg.group("keys", "platform keys: create (shown once), list, update, enable, disable, remove")
+    reg.group("accounts", "the account pool: import, list (plugins add login, show, update, remove, export, refresh)")
     p = reg.command("keys", "create", "create a platform key (shown once)")
     p.add_argument("name")
     p.add_argument("--model", help="force this model for every request of the key")
