@@ -4,14 +4,12 @@ the passthrough transform used when no plugin converts the stream."""
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from mitmproxy import http
 
 from . import sse
 from .exchange import Exchange, GatewayError, Usage
-from .failover import ACTIVITY
 from .upstream import TERMINAL_FAILED, TERMINAL_OK, gateway_error_from_event, stream_cut_error
 
 log = logging.getLogger("codexproxy.proxy")
@@ -31,7 +29,6 @@ class StreamPump:
         self.finished = False
 
     def __call__(self, chunk: bytes):
-        self.flow.metadata[ACTIVITY] = time.monotonic()
         try:
             if chunk == b"":
                 # Only non-empty chunks: an empty one would be sent as a chunked terminator.

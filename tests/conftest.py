@@ -209,6 +209,17 @@ def proxy(make_proxy) -> Proxy:
     return make_proxy()
 
 
+def closed_port() -> int:
+    """A loopback port nobody listens on (connections to it are refused)."""
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
 def wait_for(predicate, timeout: float = 15, what: str = "condition"):
     """Poll `predicate` until it returns something true; that value, or AssertionError."""
     deadline = time.time() + timeout

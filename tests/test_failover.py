@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import RESPONSES_BODY, read_sse
+from tests.conftest import RESPONSES_BODY, closed_port, read_sse
 from tests.fakeupstream import B
 
 
@@ -102,13 +102,7 @@ def test_concurrent_clients_all_fail_over(make_proxy, fake):
 
 
 def test_connect_failure_takes_the_retry_path(make_proxy, fake):
-    import socket
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    closed_port = sock.getsockname()[1]
-    sock.close()
-    proxy = make_proxy({"upstream": {"base_url": f"http://127.0.0.1:{closed_port}/backend-api/codex"}}, accounts=2)
+    proxy = make_proxy({"upstream": {"base_url": f"http://127.0.0.1:{closed_port()}/backend-api/codex"}}, accounts=2)
     start = time.monotonic()
     r = httpx.post(proxy.url + "/v1/responses", json=RESPONSES_BODY, headers=proxy.auth, timeout=30)
     assert time.monotonic() - start < 10

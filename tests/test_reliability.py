@@ -31,7 +31,7 @@ import pytest
 
 from codexproxy.logstore import LogStore
 from codexproxy.store import AccountRepo, KeyRepo, Store
-from tests.conftest import PYTHON, RESPONSES_BODY, Proxy, base_config, deep_merge, read_sse
+from tests.conftest import PYTHON, RESPONSES_BODY, Proxy, base_config, closed_port, deep_merge, read_sse
 from tests.fakeupstream import B
 
 pytestmark = pytest.mark.reliability
@@ -482,11 +482,7 @@ def test_every_account_failing_answers_in_the_clients_protocol(pool, fake):
 
 
 def test_connection_refused_fails_over_then_503(make_proxy, fake):
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    closed_port = sock.getsockname()[1]
-    sock.close()
-    proxy = make_proxy({"upstream": {"base_url": f"http://127.0.0.1:{closed_port}/backend-api/codex"}}, accounts=2)
+    proxy = make_proxy({"upstream": {"base_url": f"http://127.0.0.1:{closed_port()}/backend-api/codex"}}, accounts=2)
     start = time.monotonic()
     r = httpx.post(proxy.url + "/v1/chat/completions", json={"model": "gpt-5", "messages": [{"role": "user", "content": "hi"}]},
                    headers=proxy.auth, timeout=20)
