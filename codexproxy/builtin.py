@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from . import __version__, hookimpl
+from . import __version__, hookimpl, wire
 from .exchange import GatewayError, LocalResponse, Route
 
 RESPONSES_PATHS = ("/v1/responses", "/backend-api/codex/responses", "/responses")
@@ -58,8 +58,11 @@ def codexproxy_prepare_request(app, exchange):
     if exchange.model is None and isinstance(body.get("model"), str):
         exchange.model = body["model"]
     if exchange.session_id is None:
-        exchange.session_id = (exchange.headers.get("session_id") or exchange.headers.get("session-id")
-                               or (body.get("prompt_cache_key") if isinstance(body.get("prompt_cache_key"), str) else None))
+        cache_key = body.get("prompt_cache_key") if isinstance(body.get("prompt_cache_key"), str) else None
+        if cache_key is not None:
+            # It may become the upstream's session header: refused, never sent, when unsafe.
+            wire.check_value("session_id", cache_key, source="field 'prompt_cache_key'")
+        exchange.session_id = exchange.headers.get("session_id") or exchange.headers.get("session-id") or cache_key
     if exchange.effort is None and isinstance(body.get("reasoning"), dict):
         effort = body["reasoning"].get("effort")
         exchange.effort = effort if isinstance(effort, str) else None

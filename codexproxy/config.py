@@ -56,6 +56,9 @@ class UpstreamConfig(Section):
     base_url: str = "https://chatgpt.com/backend-api/codex"
     usage_base_url: str = "https://chatgpt.com/backend-api"
     fallback_base_url: str | None = None
+    # The API key the fallback upstream (an API-key style Responses endpoint such as
+    # https://api.openai.com/v1) is called with; pool tokens never go there.
+    fallback_api_key: str | None = None
     connect_timeout_s: float = Field(15.0, gt=0)
     stream_idle_timeout_s: float = Field(300.0, gt=0)
     originator: str = "codex_cli_rs"

@@ -19,7 +19,8 @@ from .sse import SSEEvent
 class GatewayError(Exception):
     """An error the client should see, in its own protocol (the adapter renders it).
 
-    `type`/`code` follow OpenAI's error object; `headers` lets a plugin add `retry-after`.
+    `type`/`code` follow OpenAI's error object; `headers` lets a plugin add `retry-after`;
+    `details` are extra fields of the error object.
     """
 
     def __init__(
@@ -30,6 +31,7 @@ class GatewayError(Exception):
         code: str | None = None,
         param: str | None = None,
         headers: dict[str, str] | None = None,
+        details: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -38,9 +40,12 @@ class GatewayError(Exception):
         self.code = code
         self.param = param
         self.headers = dict(headers or {})
+        self.details = {k: v for k, v in (details or {}).items() if v is not None}
 
     def openai_body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "code": self.code, "param": self.param}}
+        """OpenAI's error object; `details` are extra fields of it (the upstream's usage-limit
+        error carries `resets_at`, `resets_in_seconds` and `plan_type` there)."""
+        return {"error": {"message": self.message, "type": self.type, "code": self.code, "param": self.param, **self.details}}
 
 
 @dataclass
@@ -158,8 +163,11 @@ class Exchange:
     path: str  # without the query string
     query: dict[str, str]
     headers: dict[str, str] = field(repr=False)  # lower-cased names; repr hides credentials
-    body: bytes = field(repr=False)
+    body: bytes = field(repr=False)  # decoded from its Content-Encoding before any plugin reads it
     client_addr: str = ""
+    # The client's header fields as sent (original spelling and order, latin-1 text so that
+    # re-encoding gives the same bytes): what goes upstream is picked from these (wire.py).
+    header_fields: list[tuple[str, str]] = field(default_factory=list, repr=False)
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
     started: float = field(default_factory=time.time)
     started_mono: float = field(default_factory=time.monotonic)
@@ -194,6 +202,8 @@ class Exchange:
                 self._json = json.loads(self.body)
             except (ValueError, UnicodeDecodeError) as exc:
                 raise GatewayError(400, f"Request body is not valid JSON: {exc}") from None
+            except RecursionError:
+                raise GatewayError(400, "Request body is nested too deeply to be read as JSON.") from None
             self._json_loaded = True
         return self._json
 

@@ -14,7 +14,7 @@ subclass that can:
 - after the first byte, end the client's stream cleanly with the transform's error bytes
   instead of dropping the connection.
 
-It relies on HttpStream internals of mitmproxy 12.2/12.3 (pinned in pyproject.toml);
+It relies on HttpStream internals of mitmproxy 12.3.1 (pinned exactly in pyproject.toml);
 tests/test_failover.py fails loudly if they move. Upstream must stay HTTP/1.1 (HTTP/2 would
 reuse stream ids across the re-send).
 """

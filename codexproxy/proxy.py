@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl, urlsplit
 from mitmproxy import http
 from mitmproxy.proxy import events
 
-from . import failover
+from . import failover, wire
 from .exchange import Attempt, Exchange, GatewayError, LocalResponse, Retry, Route
 from .streams import PassthroughTransform, StreamPump
 from .upstream import stream_cut_error
@@ -35,17 +35,25 @@ MAX_ATTEMPTS_HARD_CAP = 10  # whatever plugins say, one request never loops fore
 DROPPED_RESPONSE_HEADERS = frozenset({"connection", "keep-alive", "transfer-encoding", "content-encoding", "set-cookie",
                                       "alt-svc", "strict-transport-security"})
 
-# Client headers that Codex CLI sends and the backend understands (REFERENCE §1).
-PASS_HEADERS = ("version", "x-client-request-id", "thread-id", "openai-beta", "conversation_id", "accept-language")
-PASS_PREFIXES = ("x-codex-", "x-openai-")
-
-
 def _client_headers(request: http.Request) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, value in request.headers.items(multi=True):
         name = name.lower()
         out[name] = f"{out[name]}, {value}" if name in out else value
     return out
+
+
+def _header_fields(request: http.Request) -> list[tuple[str, str]]:
+    return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in request.headers.fields]
+
+
+def _header_bytes(value: str) -> bytes:
+    """Client values are latin-1 text of the bytes it sent (they go back as they came);
+    a plugin's or the config's text beyond latin-1 goes as UTF-8."""
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        return value.encode("utf-8")
 
 
 def render_error(app: Any, ex: Exchange | None, err: GatewayError) -> http.Response:
@@ -89,50 +97,74 @@ class Gateway:
             path=split.path or "/",
             query=dict(parse_qsl(split.query, keep_blank_values=True)),
             headers=_client_headers(req),
+            header_fields=_header_fields(req),
             body=req.raw_content or b"",
             client_addr=f"{flow.client_conn.peername[0]}" if flow.client_conn.peername else "",
         )
 
-    def _target(self, account: Any, fallback: bool) -> str:
+    def _target(self, fallback: bool) -> str:
         upstream = self.app.config.upstream
         base = upstream.fallback_base_url if fallback and upstream.fallback_base_url else upstream.base_url
         return base + "/responses"
 
-    def _prepare_attempt(self, flow: http.HTTPFlow, ex: Exchange, account: Any, fallback: bool = False) -> None:
-        """Point the flow at the upstream with this account's credentials."""
+    def _upstream_headers(self, ex: Exchange, url: str, account: Any, fallback: bool) -> list[tuple[str, str]]:
+        """The attempt's request headers (the policy and its named exceptions: wire.py)."""
         cfg = self.app.config.upstream
-        url = self._target(account, fallback)
-        ex.account = account
-        ex.attempts.append(Attempt(account_id=getattr(account, "id", None), url=url))
         client = ex.headers
-        headers: dict[str, str] = {}
-        for name, value in client.items():
-            if name in PASS_HEADERS or name.startswith(PASS_PREFIXES):
-                headers[name] = value
-        if account is not None and not fallback:
+        names: dict[str, str] = {}
+        headers: dict[str, str] = {"host": wire.authority(url)}
+        for name, value in wire.passed_client_headers(ex.header_fields):
+            names[name.lower()] = name
+            headers[name.lower()] = value
+        if fallback:
+            if cfg.fallback_api_key:
+                headers["authorization"] = f"Bearer {cfg.fallback_api_key}"
+        elif account is not None:
             headers["authorization"] = f"Bearer {account.access_token}"
             if account.chatgpt_account_id:
                 headers["chatgpt-account-id"] = account.chatgpt_account_id
-        elif account is None and not fallback:
+        else:
             # No routing plugin: the client's own credentials go upstream unchanged.
             for name in ("authorization", "chatgpt-account-id"):
                 if name in client:
                     headers[name] = client[name]
-        headers["originator"] = client.get("originator") if ex.is_codex_client and client.get("originator") else cfg.originator
-        headers["user-agent"] = client.get("user-agent", "") if ex.is_codex_client else cfg.user_agent
-        if ex.session_id:
+        for name, own in (("originator", cfg.originator), ("user-agent", cfg.user_agent)):
+            if ex.is_codex_client and client.get(name):
+                names[name] = next((n for n, _ in ex.header_fields if n.lower() == name), name)
+                headers[name] = client[name]
+            else:
+                headers[name] = own
+        if ex.session_id and not any(h in headers for h in wire.SESSION_HEADERS):
             headers["session_id"] = ex.session_id
         headers["accept"] = "text/event-stream"
         headers["content-type"] = "application/json"
         headers["accept-encoding"] = "identity"  # SSE must not come compressed: we parse it
         self.hook.codexproxy_upstream_request(app=self.app, exchange=ex, headers=headers)
-        body = json.dumps(ex.upstream_body, ensure_ascii=False).encode() if ex.upstream_body is not None else ex.body
+        headers["host"] = wire.authority(url)  # not a plugin's to change: the URL decides
+        return wire.spelled(headers, names)
+
+    @staticmethod
+    def _upstream_body(ex: Exchange) -> bytes:
+        """The client's own bytes when no plugin changed the body; else the new JSON."""
+        if ex.upstream_body is None or ex.upstream_body == ex.json():
+            return ex.body
+        try:
+            return json.dumps(ex.upstream_body, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise GatewayError(400, "Request body holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape), "
+                                    "which is not valid Unicode.", code="invalid_body") from None
+
+    def _prepare_attempt(self, flow: http.HTTPFlow, ex: Exchange, account: Any, fallback: bool = False) -> None:
+        """Point the flow at the upstream with this account's credentials."""
+        url = self._target(fallback)
+        ex.account = account
+        ex.attempts.append(Attempt(account_id=getattr(account, "id", None), url=url))
+        headers = self._upstream_headers(ex, url, account, fallback)
+        body = self._upstream_body(ex)
         req = flow.request
         req.url = url
         # A fresh Headers object: Headers.clear() removes fields one by one (quadratic).
-        # A non-ASCII value would be rejected upstream or corrupt the request: dropped.
-        req.headers = http.Headers([(name.encode(), str(value).encode()) for name, value in headers.items()
-                                    if value is not None and str(value).isascii()])
+        req.headers = http.Headers([(name.encode("latin-1"), _header_bytes(value)) for name, value in headers])
         req.content = body
         flow.metadata[ACTIVITY] = time.monotonic()
         self.active[flow.id] = flow
@@ -160,10 +192,15 @@ class Gateway:
                 ex.route = Route(kind="local", protocol="none", needs_key=False, name="unknown")
                 raise GatewayError(404, f"Unknown route: {ex.method} {ex.path}", code="not_found")
             ex.route = route
-            if flow.metadata.get("codexproxy.too_large") or len(ex.body) > self.app.config.limits.max_body_bytes:
-                raise GatewayError(413, f"Request body is larger than limits.max_body_bytes ({self.app.config.limits.max_body_bytes} bytes).", code="request_too_large")
+            limit = self.app.config.limits.max_body_bytes
+            if flow.metadata.get("codexproxy.too_large") or len(ex.body) > limit:
+                raise GatewayError(413, f"Request body is larger than limits.max_body_bytes ({limit} bytes).", code="request_too_large")
             if route.needs_key:
                 ex.key = self.hook.codexproxy_authenticate(app=self.app, exchange=ex)
+            if coding := ex.headers.pop("content-encoding", None):
+                # Codex compresses its bodies (zstd); decoded once here, after the key
+                # check, so every plugin and the upstream see plain JSON.
+                ex.body = wire.decode_body(ex.body, coding, limit)
             if route.kind == "local":
                 assert route.handler is not None
                 local = await asyncio.to_thread(route.handler, self.app, ex)

@@ -69,7 +69,9 @@ class ProxyServer:
             # A hard cap well above ours: our own check answers 413 in the client's protocol,
             # this one only stops absurd bodies from being buffered at all.
             body_size_limit=str(limit * 2 + 1024 * 1024),
-            keep_host_header=False,
+            # The client's Host stays on the flow (the admin and DNS-rebinding checks read
+            # it); every upstream request gets the upstream's own Host from the gateway.
+            keep_host_header=True,
             http2=False,  # the failover re-send needs HTTP/1.1 upstream
             ssl_insecure=not cfg.upstream.ssl_verify,
             ssl_verify_upstream_trusted_ca=cfg.upstream.ca_file,

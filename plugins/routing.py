@@ -88,8 +88,20 @@ def candidates(app, exchange) -> list:
     return pool
 
 
-def _no_account_error(app, exchange) -> GatewayError:
+def _eligible(app, exchange) -> list:
+    """The enabled accounts this request may use at all (a key can be pinned to one account
+    or a group), whatever their state now."""
+    key = exchange.key
     accounts = [a for a in app.accounts.all() if a.enabled]
+    if key is not None and getattr(key, "account_id", None):
+        return [a for a in accounts if a.id == key.account_id]
+    if key is not None and getattr(key, "group", None):
+        return [a for a in accounts if a.group == key.group]
+    return accounts
+
+
+def _no_account_error(app, exchange) -> GatewayError:
+    accounts = _eligible(app, exchange)
     now = time.time()
     statuses = [a.effective_status(now) for a in accounts]
     exhausted = [a for a, s in zip(accounts, statuses) if s in ("exhausted_5h", "exhausted_7d")]
@@ -97,9 +109,20 @@ def _no_account_error(app, exchange) -> GatewayError:
         until = min((a.status_until for a in exhausted if a.status_until), default=now + 60)
         wait = max(1, int(until - now + 0.999))
         when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(until))
-        return GatewayError(429, f"Every account's usage limit is reached; the earliest resets at {when} (in {wait}s).",
-                            type="rate_limit_error", code="usage_limit_reached", headers={"retry-after": str(wait)})
+        message = f"Every account's usage limit is reached; the earliest resets at {when} (in {wait}s)."
+        if exchange.protocol == "responses":
+            # The upstream's own shape: Codex CLI tells its user at once on exactly this, where
+            # any other 429 makes it sleep through retry-after, up to five times.
+            plan = next((a.plan for a in exhausted if a.plan), None)
+            return GatewayError(429, message, type="usage_limit_reached", code="usage_limit_reached",
+                                headers={"retry-after": str(wait)},
+                                details={"resets_at": int(until), "resets_in_seconds": wait, "plan_type": plan})
+        return GatewayError(429, message, type="rate_limit_error", code="usage_limit_reached",
+                            headers={"retry-after": str(wait)})
     if not accounts:
+        if exchange.key is not None and (getattr(exchange.key, "account_id", None) or getattr(exchange.key, "group", None)):
+            return GatewayError(503, "No enabled account matches this key's account or group binding.",
+                                type="server_error", code="no_accounts")
         return GatewayError(503, "No accounts in the pool: add one with `codexproxy accounts login` or `accounts import`.",
                             type="server_error", code="no_accounts")
     return GatewayError(503, "No account can serve right now (all cooling down, busy or needing re-login).",

@@ -118,7 +118,7 @@ def test_normalize_forces_backend_rules():
     assert body["store"] is False and body["stream"] is True
     assert body["input"] == [{"type": "message", "role": "user",
                               "content": [{"type": "input_text", "text": "hello"}]}]
-    assert body["instructions"] == ""
+    assert "instructions" not in body  # absent is fine upstream (Codex sends none); never invented
     for dropped in ("temperature", "top_p", "max_output_tokens", "truncation", "user",
                     "previous_response_id", "service_tier"):
         assert dropped not in body

@@ -43,8 +43,6 @@ def normalize_responses_request(body: dict) -> dict:
     out["stream"] = True
     if out.get("service_tier") != "priority":
         out.pop("service_tier", None)
-    if not isinstance(out.get("instructions"), str):
-        out["instructions"] = ""
     return out
 
 
