@@ -8,12 +8,20 @@ Used by the test-suite and the benchmarks; faithful to REFERENCE.md sections 1 a
     ... point the proxy at fake.codex_base / fake.usage_base / fake.issuer ...
     fake.stop()
 
+The fake itself speaks plain, lenient HTTP (`http.server`). The test-suite puts nginx with TLS in
+front of it (`tests/strict_upstream.py`) and calls `fake.set_public(url, ca_file)`: from then on
+`url`, `codex_base`, `usage_base`, `issuer` and `fallback_base` give the strict https front, while
+`raw_url` still reaches the fake directly. Also an API-key style fallback upstream (like
+api.openai.com): `POST /v1/responses` with `Authorization: Bearer <fake.fallback_api_key>`, scripted
+under the name `FakeUpstream.FALLBACK`, recorded in `fake.fallback_requests`.
+
 Run ``python tests/fakeupstream.py --port 0``: prints the URL, then a demo account's auth.json path.
 """
 from __future__ import annotations
 
 import argparse
 import base64
+import gzip
 import hashlib
 import json
 import logging
@@ -28,12 +36,18 @@ import threading
 import time
 import traceback
 import uuid
+import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
+
+try:  # Python 3.14+
+    from compression import zstd
+except ImportError:  # older Pythons: the backport mitmproxy itself depends on
+    from backports import zstd
 
 log = logging.getLogger("fakeupstream")
 
@@ -245,6 +259,32 @@ class RecordedRequest:
     account_id: str | None
     time: float
     peer: tuple | None = None  # client (host, port): equal ports on successive requests = keep-alive
+    raw_body: bytes = b""      # as received; `body` is it decoded (Content-Encoding zstd/gzip/deflate)
+
+
+def decode_body(raw: bytes, content_encoding: str) -> bytes:
+    """Undo Content-Encoding (codings applied in order, so undone in reverse). Codex compresses its
+    request bodies with zstd (peers also see gzip). ValueError for undecodable data, LookupError
+    for a coding the real backend would not know either."""
+    data = raw
+    for coding in reversed([c.strip().lower() for c in content_encoding.split(",") if c.strip()]):
+        try:
+            if coding == "identity":
+                continue
+            if coding in ("gzip", "x-gzip"):
+                data = gzip.decompress(data)
+            elif coding == "deflate":  # RFC 9110 says zlib-wrapped; some clients send raw deflate
+                try:
+                    data = zlib.decompress(data)
+                except zlib.error:
+                    data = zlib.decompress(data, -zlib.MAX_WBITS)
+            elif coding == "zstd":
+                data = zstd.decompress(data)
+            else:
+                raise LookupError(coding)
+        except (OSError, EOFError, zlib.error, zstd.ZstdError) as exc:
+            raise ValueError(f"cannot decode a {coding} body: {exc}") from None
+    return data
 
 
 # ------------------------------------------------------------------------------ server machinery
@@ -289,9 +329,22 @@ class _BaseHandler(BaseHTTPRequestHandler):
         self.sent = False
         try:
             url = urlsplit(self.path)
-            self.route, self.body = url.path, self._read_body()
+            self.route, self.raw_body = url.path, self._read_body()
             self.query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
             self.hdrs = {k.lower(): v for k, v in self.headers.items()}
+            # Behind nginx the TCP peer is nginx; it passes on the client's own (host:port).
+            self.peer = self.client_address
+            front_peer = self.hdrs.pop("x-fake-peer", "")
+            if front_peer.rpartition(":")[2].isdigit():
+                host, _, port = front_peer.rpartition(":")
+                self.peer = (host, int(port))
+            self.body, self.body_error = self.raw_body, None
+            try:
+                self.body = decode_body(self.raw_body, self.hdrs.get("content-encoding", ""))
+            except LookupError as exc:
+                self.body_error = (415, f"Unsupported Content-Encoding: {exc}")
+            except ValueError as exc:
+                self.body_error = (400, str(exc))
             self.server.owner._dispatch(self)
         except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
             self.close_connection = True
@@ -410,9 +463,20 @@ class _ServerBase:
         if self._thread:
             self._thread.join(5)
 
+    public_url: str | None = None  # the front (nginx) clients should use; None: the server itself
+    ca_file: str | None = None     # the CA that signed the front's certificate
+
+    def set_public(self, url: str | None, ca_file: str | None = None) -> None:
+        self.public_url, self.ca_file = (url.rstrip("/") if url else None), ca_file
+
+    @property
+    def raw_url(self) -> str:
+        """This server itself (plain HTTP), bypassing any front."""
+        return f"http://{self.host}:{self.port}"
+
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return self.public_url or self.raw_url
 
     def __enter__(self):
         return self.start()
@@ -427,13 +491,11 @@ class _ServerBase:
 # ------------------------------------------------------------------------------------ the fake
 class FakeUpstream(_ServerBase):
     _handler_class = _BaseHandler
+    FALLBACK = "fallback"  # script(FALLBACK, ...) / set_default(FALLBACK, ...): the fallback upstream's answers
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0):
         super().__init__(host, port)
         self.accounts: dict[str, FakeAccount] = {}
-        self.models: list[dict] = list(DEFAULT_MODELS)
-        self.token_ttl = 3600
-        self.device_interval = 1
         self._access: dict[str, str] = {}     # access token -> account id (every token ever issued)
         self._expired: set[str] = set()
         self._refresh: dict[str, str] = {}    # live refresh token -> account id
@@ -441,22 +503,30 @@ class FakeUpstream(_ServerBase):
         self.reset()
 
     def reset(self) -> None:
-        """Forget scripts, defaults, records and login/device state; keep accounts and their tokens.
-        Requests hanging in B.hang() are released (closed without an answer)."""
+        """Forget scripts, defaults, records and login/device state and put every knob back to its
+        default; keep accounts and their tokens. Requests hanging in B.hang() are released (closed
+        without an answer)."""
         with self._lock:
+            # knobs tests may turn (every one of them is restored here)
+            self.models: list[dict] = [dict(m) for m in DEFAULT_MODELS]
+            self.token_ttl = 3600
+            self.device_interval = 1
+            self.fallback_api_key = "sk-fallback-test"
+            self.refresh_delay = 0.0
+            self.authorize_error: str | None = None
+            self.next_login_account: FakeAccount | None = None
+            self.device_auto_approve_after: int | None = None
+            # state
             getattr(self, "_release", threading.Event()).set()
             self._release = threading.Event()
             self._scripts: dict[str, deque] = {}
             self._defaults: dict[str, Behaviour] = {}
             self._usage_behaviour: dict[str, str] = {}
             self.requests: list[RecordedRequest] = []      # POST .../codex/responses only
+            self.fallback_requests: list[RecordedRequest] = []  # POST /v1/responses (the fallback upstream)
             self.all_requests: list[RecordedRequest] = []  # every request to the fake
             self.errors.clear()
             self.refresh_calls = 0
-            self.refresh_delay = 0.0
-            self.authorize_error: str | None = None
-            self.next_login_account: FakeAccount | None = None
-            self.device_auto_approve_after: int | None = None
             self._codes: dict[str, dict] = {}
             self._devices: dict[str, dict] = {}
 
@@ -464,6 +534,7 @@ class FakeUpstream(_ServerBase):
     codex_base = property(lambda self: self.url + "/backend-api/codex")
     usage_base = property(lambda self: self.url + "/backend-api")
     issuer = property(lambda self: self.url)
+    fallback_base = property(lambda self: self.url + "/v1")  # API-key style, like https://api.openai.com/v1
 
     # -- accounts and tokens
     def add_account(self, email: str | None = None, plan: str = "plus", account_id: str | None = None) -> FakeAccount:
@@ -596,13 +667,13 @@ class FakeUpstream(_ServerBase):
         return self.next_login_account or self.add_account()
 
     # -- request handling
-    def _record(self, h: _BaseHandler, account_id: str | None, main: bool) -> RecordedRequest:
+    def _record(self, h: _BaseHandler, account_id: str | None, into: list | None) -> RecordedRequest:
         rec = RecordedRequest(h.command, h.route, h.query, h.hdrs, h.body, h.json_body(), account_id,
-                              time.time(), h.client_address)
+                              time.time(), h.peer, h.raw_body)
         with self._lock:
             self.all_requests.append(rec)
-            if main:
-                self.requests.append(rec)
+            if into is not None:
+                into.append(rec)
         return rec
 
     def _dispatch(self, h: _BaseHandler) -> None:
@@ -613,14 +684,20 @@ class FakeUpstream(_ServerBase):
                  ("POST", "/oauth/token"): self._token,
                  ("POST", "/api/accounts/deviceauth/usercode"): self._device_usercode,
                  ("POST", "/api/accounts/deviceauth/token"): self._device_token,
-                 ("GET", "/codex/device"): self._device_page}.get((h.command, h.route))
+                 ("GET", "/codex/device"): self._device_page,
+                 ("POST", "/v1/responses"): self._fallback_responses}.get((h.command, h.route))
         auth = h.hdrs.get("authorization", "")
         token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
         with self._lock:
             h.token_account = self._access.get(token)
             h.token_expired = token in self._expired
-        self._record(h, h.token_account, route == self._responses)
-        if route is None:
+        into = {self._responses: self.requests, self._fallback_responses: self.fallback_requests}.get(route)
+        self._record(h, h.token_account, into)
+        if h.body_error:
+            status, message = h.body_error
+            h.send(status, {"error": {"message": message, "type": "invalid_request_error", "code": None,
+                                      "param": None}})
+        elif route is None:
             h.send(404, {"error": {"message": f"Not found: {h.command} {h.route}", "type": "not_found"}})
         else:
             route(h)
@@ -649,11 +726,25 @@ class FakeUpstream(_ServerBase):
             return h.send(400, {"detail": "Stream must be set to true"}, headers=self.usage_headers(acct))
         self._run(h, acct, self.next_behaviour(acct.account_id), body)
 
-    def _run(self, h: _BaseHandler, acct: FakeAccount, beh: Behaviour, body: dict) -> None:
+    def _fallback_responses(self, h: _BaseHandler) -> None:
+        """An API-key Responses endpoint (api.openai.com style): no accounts, no x-codex-* headers,
+        and `stream` may be false (then the final response object comes as one JSON answer)."""
+        auth = h.hdrs.get("authorization", "")
+        if auth != f"Bearer {self.fallback_api_key}":
+            shown = auth[7:][:3] + "..." + auth[-4:] if auth[:7].lower() == "bearer " and len(auth) > 14 else "(none)"
+            return h.send(401, {"error": {"message": f"Incorrect API key provided: {shown}.",
+                                          "type": "invalid_request_error", "code": "invalid_api_key", "param": None}})
+        body = h.json_body()
+        if not isinstance(body, dict):
+            return h.send(400, {"error": {"message": "We could not parse the JSON body of your request.",
+                                          "type": "invalid_request_error", "code": None, "param": None}})
+        self._run(h, None, self.next_behaviour(self.FALLBACK), body, stream=body.get("stream") is True)
+
+    def _run(self, h: _BaseHandler, acct: FakeAccount | None, beh: Behaviour, body: dict, stream: bool = True) -> None:
         kind, p = beh.kind, beh.params
         if p.get("first_delay") and self._stopping.wait(p["first_delay"]):
             return h.abort()
-        headers = {**self.usage_headers(acct), **p.get("headers", {})}
+        headers = {**(self.usage_headers(acct) if acct else {}), **p.get("headers", {})}
         if kind == "hang":  # until stop(), reset() or `seconds`; then close without an answer
             release, until = self._release, time.monotonic() + (p.get("seconds") or 1e9)
             while not release.is_set() and time.monotonic() < until and not self._stopping.wait(0.05):
@@ -665,6 +756,11 @@ class FakeUpstream(_ServerBase):
         events = self._events(kind, p, body, acct)
         if kind == "cut":
             events = events[:p["after_events"]]
+        if not stream:
+            final = next((d["response"] for _, d in reversed(events) if isinstance(d.get("response"), dict)), None)
+            if kind == "cut" or final is None:
+                return h.abort()
+            return h.send(200, final, headers=headers)
         h.start_chunked(headers)
         for i, (name, data) in enumerate(events):
             wait = (p.get("delay") if i else 0) or 0
@@ -678,7 +774,7 @@ class FakeUpstream(_ServerBase):
 
     def _events(self, kind: str, p: dict, body: dict, acct: FakeAccount) -> list[tuple[str, dict]]:
         r = _Resp(p.get("model") or body.get("model") or "gpt-5-codex")
-        if p.get("rate_limits"):
+        if p.get("rate_limits") and acct is not None:
             u = acct.usage
             limits = {w: None if u.get(w) is None else {"used_percent": u[w], "window_minutes": m,
                                                          "reset_at": u[w + "_reset_at"]} for w, m in WINDOWS}
@@ -871,7 +967,8 @@ class _CanaryHandler(_BaseHandler):
             owner = self.server.owner
             with owner._lock:
                 owner.requests.append(RecordedRequest(self.command, self.route, self.query, self.hdrs, self.body,
-                                                      self.json_body(), None, time.time(), self.client_address))
+                                                      self.json_body(), None, time.time(), self.client_address,
+                                                      self.body))
             self.send(200, {"canary": True})
         except OSError:
             self.close_connection = True

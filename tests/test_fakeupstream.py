@@ -1,19 +1,29 @@
-"""Tests of the fake upstream itself: the other suites trust it to behave like REFERENCE.md §1-2."""
+"""Tests of the fake upstream itself: the other suites trust it to behave like REFERENCE.md §1-2.
+
+Every test that talks to the fake runs twice: against the fake directly ("plain") and through the
+nginx TLS front the other suites use ("tls", tests/strict_upstream.py) -- so the front is proven
+not to change what a behaviour does on the wire (mid-stream cuts, closes without an answer,
+keep-alive, 2 MB error bodies, event-by-event streaming)."""
 from __future__ import annotations
 
+import gzip
 import json
 import socket
+import ssl
 import subprocess
 import sys
 import threading
 import time
+import zlib
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
 
-from tests.fakeupstream import (B, CLIENT_ID, CanaryServer, FakeUpstream, b64url, decode_jwt, pkce_challenge)
+from tests.conftest import start_strict_front
+from tests.fakeupstream import (B, CLIENT_ID, DEFAULT_MODELS, CanaryServer, FakeUpstream, b64url, decode_jwt,
+                                pkce_challenge, zstd)
 
 REDIRECT = "http://localhost:1455/auth/callback"
 TEXT_ORDER = ["response.created", "response.in_progress", "response.output_item.added",
@@ -24,11 +34,29 @@ USAGE_HEADERS = ["x-codex-primary-used-percent", "x-codex-primary-window-minutes
                  "x-codex-secondary-reset-at", "x-codex-credits-has-credits", "x-codex-credits-balance"]
 
 
-@pytest.fixture
-def fake():
+def started(mode: str):
+    """A fake, fronted by nginx with TLS when mode == "tls"; stop it with stopped()."""
     f = FakeUpstream().start()
-    yield f
+    f.front = start_strict_front(f) if mode == "tls" else None
+    return f
+
+
+def stopped(f: FakeUpstream) -> None:
+    if f.front is not None:
+        f.front.stop()
     f.stop()
+
+
+def verify(f: FakeUpstream):
+    """httpx `verify` for this fake: the test CA when it is behind TLS (and nothing else)."""
+    return ssl.create_default_context(cafile=f.ca_file) if f.ca_file else True
+
+
+@pytest.fixture(params=["plain", "tls"])
+def fake(request):
+    f = started(request.param)
+    yield f
+    stopped(f)
     assert f.errors == []
 
 
@@ -38,8 +66,8 @@ def acct(fake):
 
 
 @pytest.fixture
-def client():
-    with httpx.Client(timeout=10) as c:
+def client(fake):
+    with httpx.Client(timeout=10, verify=verify(fake)) as c:
         yield c
 
 
@@ -222,25 +250,28 @@ def test_expire_access_token(fake, acct, client):
     assert r.status_code == 401 and r.json()["error"]["code"] == "token_expired"
 
 
-def test_hang_is_released_by_stop():
-    fake = FakeUpstream().start()
+@pytest.mark.parametrize("mode", ["plain", "tls"])
+def test_hang_is_released_by_stop(mode):
+    fake = started(mode)
     a = fake.add_account()
     fake.script(a.account_id, B.hang())
     errors = []
 
     def call():
         try:
-            httpx.post(fake.codex_base + "/responses", json=body(), headers=hdrs(a), timeout=30)
+            httpx.post(fake.codex_base + "/responses", json=body(), headers=hdrs(a), timeout=30, verify=verify(fake))
         except httpx.HTTPError as e:
             errors.append(e)
     t = threading.Thread(target=call)
     t.start()
     time.sleep(0.3)
     assert t.is_alive()
-    started = time.monotonic()
-    fake.stop()
+    begin = time.monotonic()
+    fake.stop()  # the fake only: behind nginx the client must still see the close, not a 502 page
     t.join(5)
-    assert not t.is_alive() and errors and time.monotonic() - started < 3
+    assert not t.is_alive() and errors and time.monotonic() - begin < 3
+    assert isinstance(errors[0], httpx.RemoteProtocolError)
+    stopped(fake)
 
 
 def test_hang_is_released_by_reset(fake, acct):
@@ -249,7 +280,7 @@ def test_hang_is_released_by_reset(fake, acct):
     t.start()
     started = time.monotonic()
     with pytest.raises(httpx.RemoteProtocolError):
-        httpx.post(fake.codex_base + "/responses", json=body(), headers=hdrs(acct), timeout=10)
+        httpx.post(fake.codex_base + "/responses", json=body(), headers=hdrs(acct), timeout=10, verify=verify(fake))
     assert 0.25 < time.monotonic() - started < 3
 
 
@@ -391,7 +422,7 @@ def test_concurrent_refresh_overlaps(fake, acct):
     rt, results = acct.refresh_token, []
 
     def go():
-        with httpx.Client() as c:
+        with httpx.Client(verify=verify(fake)) as c:
             results.append(refresh(c, fake, rt).status_code)
     threads = [threading.Thread(target=go) for _ in range(2)]
     [t.start() for t in threads]
@@ -423,6 +454,107 @@ def test_device_flow(fake, acct, client):
     assert r.status_code == 200 and "refresh_token" in r.json()
     page = client.get(fake.issuer + "/codex/device")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+
+
+# ------------------------------------------------------------------ bodies, fallback, knobs, URLs
+@pytest.mark.parametrize("coding,encode", [
+    ("zstd", zstd.compress),
+    ("gzip", gzip.compress),
+    ("deflate", zlib.compress),                                                   # RFC 9110: zlib-wrapped
+    ("deflate", lambda d: zlib.compress(d, wbits=-zlib.MAX_WBITS)),                # raw deflate, seen too
+    ("gzip, zstd", lambda d: zstd.compress(gzip.compress(d))),                     # applied in order
+])
+def test_compressed_request_bodies_are_decoded_and_both_recorded(fake, acct, client, coding, encode):
+    plain = json.dumps(body(prompt_cache_key="pck")).encode()
+    raw = encode(plain)
+    r = client.post(fake.codex_base + "/responses", content=raw,
+                    headers=hdrs(acct, **{"Content-Encoding": coding, "Content-Type": "application/json"}))
+    assert r.status_code == 200 and "response.completed" in r.text
+    rec = fake.requests[-1]
+    assert rec.raw_body == raw and rec.body == plain and rec.json["prompt_cache_key"] == "pck"
+
+
+def test_undecodable_or_unknown_encodings_are_refused(fake, acct, client):
+    url = fake.codex_base + "/responses"
+    r = client.post(url, content=b"not zstd at all", headers=hdrs(acct, **{"Content-Encoding": "zstd"}))
+    assert r.status_code == 400 and "zstd" in r.json()["error"]["message"]
+    r = client.post(url, content=b"{}", headers=hdrs(acct, **{"Content-Encoding": "compress"}))
+    assert r.status_code == 415
+    assert [q.raw_body for q in fake.requests] == [b"not zstd at all", b"{}"]  # recorded all the same
+
+
+def test_fallback_upstream_route(fake, client):
+    url = fake.fallback_base + "/responses"
+    assert fake.fallback_base == fake.url + "/v1"
+    key = {"Authorization": f"Bearer {fake.fallback_api_key}"}
+    r = client.post(url, json=body(), headers={"Authorization": "Bearer sk-wrong-key-1234"})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    assert "sk-wrong-key-1234" not in r.text  # shown masked, as the real API does
+    r = client.post(url, json=body(), headers=key)
+    assert r.status_code == 200 and r.headers["content-type"] == "text/event-stream"
+    assert dedupe([e for e, _ in parse_sse(r.text)]) == TEXT_ORDER
+    assert not any(h.startswith("x-codex-") for h in r.headers)  # an API-key upstream has no pool usage
+    fake.script(fake.FALLBACK, B.ok(text="not streamed"), B.server_error(status=503))
+    r = client.post(url, json=body(stream=False), headers=key)
+    assert r.json()["status"] == "completed" and r.json()["output"][0]["content"][0]["text"] == "not streamed"
+    assert client.post(url, json=body(), headers=key).status_code == 503
+    fake.fallback_api_key = "sk-other"
+    assert client.post(url, json=body(), headers=key).status_code == 401
+    assert len(fake.fallback_requests) == 5 and fake.requests == []
+    assert fake.fallback_requests[1].headers["authorization"] == key["Authorization"]
+
+
+def test_reset_restores_every_knob(fake, acct):
+    defaults = {name: getattr(fake, name) for name in ("token_ttl", "device_interval", "fallback_api_key",
+                                                       "refresh_delay", "authorize_error", "next_login_account",
+                                                       "device_auto_approve_after")}
+    assert defaults["fallback_api_key"] == "sk-fallback-test"
+    fake.models.append({"slug": "extra"})
+    fake.models[0]["slug"] = "mutated"
+    for name, value in {"token_ttl": 5, "device_interval": 9, "fallback_api_key": "x", "refresh_delay": 3.0,
+                        "authorize_error": "access_denied", "next_login_account": acct,
+                        "device_auto_approve_after": 1}.items():
+        setattr(fake, name, value)
+    fake.script(acct, B.server_error())
+    fake.set_default(acct, B.usage_limit())
+    fake.set_usage_behaviour(acct, "server_error")
+    fake.reset()
+    assert {name: getattr(fake, name) for name in defaults} == defaults
+    assert fake.models == DEFAULT_MODELS and DEFAULT_MODELS[0]["slug"] == "gpt-5-codex"
+    assert fake.next_behaviour(acct).kind == "ok" and fake._usage_behaviour == {}
+    assert acct.account_id in fake.accounts  # accounts and their tokens survive
+
+
+def test_public_url_front_and_peer(fake, acct):
+    if fake.front is None:
+        assert fake.url == fake.raw_url and fake.ca_file is None
+        return
+    assert fake.url.startswith("https://") and fake.raw_url.startswith("http://") and fake.url != fake.raw_url
+    assert fake.codex_base == fake.url + "/backend-api/codex" and fake.issuer == fake.url
+    # the raw fake is still reachable (lenient: it takes a request without Host; nginx would not)
+    with socket.create_connection((fake.host, fake.port), timeout=5) as s:
+        s.sendall(b"GET /codex/device HTTP/1.1\r\nConnection: close\r\n\r\n")
+        assert s.recv(100).startswith(b"HTTP/1.1 200")
+    # through nginx, `peer` is the client's own connection (the keep-alive checks need it), and the
+    # header that carries it is not among the recorded ones
+    ctx = ssl.create_default_context(cafile=fake.ca_file)
+    with socket.create_connection(("127.0.0.1", fake.front.port), timeout=5) as raw:
+        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+            for _ in range(2):
+                s.sendall(b"GET /backend-api/codex/models HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                          b"Authorization: Bearer " + acct.access_token.encode() + b"\r\n\r\n")
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += s.recv(65536)
+                assert head.startswith(b"HTTP/1.1 200")
+                length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+                rest = head.split(b"\r\n\r\n", 1)[1]
+                while len(rest) < length:
+                    rest += s.recv(65536)
+            local = s.getsockname()
+    peers = [r.peer for r in fake.all_requests[1:]]  # [0]: the raw request above
+    assert peers == [("127.0.0.1", local[1])] * 2
+    assert "x-fake-peer" not in fake.all_requests[-1].headers
 
 
 # ------------------------------------------------------------------------------- canary and CLI
