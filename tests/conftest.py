@@ -4,19 +4,33 @@
         proxy = make_proxy({"plugins": {"routing": {"strategy": "balanced"}}}, accounts=2)
         r = httpx.post(proxy.url + "/v1/responses", headers=proxy.auth, json={...})
         proxy.cli("accounts", "list", "--json")
+
+The fake upstream runs behind nginx with TLS (tests/strict_upstream.py): `fake.codex_base`,
+`fake.issuer`... are https URLs of a server as strict as the real one, and `base_config` makes the
+proxy trust the test CA through `upstream.ca_file`. `pytest --upstream=plain` talks to the lenient
+fake directly (to tell a proxy bug from an nginx one; never in CI).
+
+Isolation: every proxy subprocess and CLI call gets its own HOME and no CODEXPROXY_* variable of
+the outer environment. A proxy whose output shows a crash (a traceback, mitmproxy's "has crashed")
+fails the test that ran it, unless the test sets `proxy.allow_log_errors = True`. With CI set in
+the environment, a skipped test is a failed one (a missing prerequisite must not pass unseen).
 """
 
 from __future__ import annotations
 
+import atexit
 import copy
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -40,15 +54,37 @@ def deep_merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+_HOMES: str | None = None
+
+
+def fresh_home() -> str:
+    """An empty directory to be a subprocess's HOME (all removed when the test session ends)."""
+    global _HOMES
+    if _HOMES is None:
+        _HOMES = tempfile.mkdtemp(prefix="codexproxy-test-homes-")
+        atexit.register(shutil.rmtree, _HOMES, True)
+    return tempfile.mkdtemp(prefix="home-", dir=_HOMES)
+
+
+def clean_env(extra: dict[str, str] | None = None, home: str | os.PathLike | None = None) -> dict[str, str]:
+    """The outer environment without CODEXPROXY_* and with a HOME of its own (`home`, else a fresh
+    empty one): nothing from the developer's machine (~/.codexproxy, ~/.codex) leaks into a test."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CODEXPROXY_")}
+    if home is not None:
+        Path(home).mkdir(parents=True, exist_ok=True)
+    env["HOME"] = str(home) if home is not None else fresh_home()
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})
     return env
 
 
+CRASH_MARKERS = ("has crashed", "Traceback (most recent call last)")
+
+
 class Proxy:
     """One codexproxy: its config file and data dir, the CLI, and (once started) the server."""
+
+    live: "weakref.WeakSet[Proxy]" = weakref.WeakSet()  # every Proxy made (crash checks, see below)
 
     def __init__(self, workdir: Path, config: dict[str, Any], env: dict[str, str] | None = None) -> None:
         self.dir = workdir
@@ -56,11 +92,17 @@ class Proxy:
         self.config = config
         self.config_path = self.dir / "config.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
-        self.env = clean_env(env)
+        self.env = clean_env(env, home=self.dir / "home")
         self.process: subprocess.Popen | None = None
         self.url: str | None = None
         self.output: list[str] = []
         self.key: str | None = None
+        self.allow_log_errors = False  # set True in a test that provokes a logged traceback on purpose
+        self._pump: threading.Thread | None = None
+        Proxy.live.add(self)
+
+    def crash_lines(self, since: int = 0) -> list[str]:
+        return [line for line in self.output[since:] if any(m in line for m in CRASH_MARKERS)]
 
     @property
     def store_path(self) -> Path:
@@ -121,7 +163,8 @@ class Proxy:
                     ready.set()
             ready.set()
 
-        threading.Thread(target=pump, daemon=True).start()
+        self._pump = threading.Thread(target=pump, daemon=True)
+        self._pump.start()
         if not ready.wait(timeout) or self.url is None:
             self.stop()
             raise AssertionError("codexproxy did not start:\n" + "\n".join(self.output))
@@ -139,6 +182,8 @@ class Proxy:
                 self.process.wait(5)
         code = self.process.returncode
         self.process = None
+        if self._pump is not None:  # the last lines (a crash on shutdown) are read before anyone checks
+            self._pump.join(5)
         return code
 
     @property
@@ -153,11 +198,40 @@ class Proxy:
         return httpx.Client(base_url=self.url, timeout=kw.pop("timeout", 30), **kw)
 
 
+def pytest_addoption(parser):
+    parser.addoption("--upstream", choices=("tls", "plain"), default="tls",
+                     help="tls (default): the fake upstream behind nginx with TLS, as strict as the real one; "
+                          "plain: the lenient fake directly (for telling a proxy bug from an nginx one)")
+
+
+def start_strict_front(fake: FakeUpstream):
+    """nginx with TLS in front of `fake` (its public URLs become the front's); fails the test when
+    nginx is missing -- it is a prerequisite like any other, never a reason to skip."""
+    from tests.strict_upstream import NginxFront, NginxMissing
+
+    try:
+        front = NginxFront(fake.port).start()
+    except NginxMissing as exc:
+        pytest.fail(str(exc), pytrace=False)
+    fake.set_public(front.url, front.ca_file)
+    return front
+
+
 @pytest.fixture(scope="session")
-def fake_server():
+def fake_server(request):
     server = FakeUpstream().start()
-    yield server
-    server.stop()
+    front = None
+    try:
+        if request.config.getoption("--upstream") == "plain":
+            if os.environ.get("CI"):
+                pytest.fail("--upstream=plain is for local debugging; CI runs against the TLS upstream")
+        else:
+            front = start_strict_front(server)
+        yield server
+    finally:
+        if front is not None:
+            front.stop()
+        server.stop()
 
 
 @pytest.fixture
@@ -171,7 +245,9 @@ def base_config(tmp: Path, fake: FakeUpstream) -> dict[str, Any]:
         "server": {"host": "127.0.0.1", "port": 0, "drain_timeout_s": 2},
         "storage": {"path": str(tmp / "data" / "codexproxy.json")},
         "upstream": {"base_url": fake.codex_base, "usage_base_url": fake.usage_base, "stream_idle_timeout_s": 5,
-                     "connect_timeout_s": 3},
+                     "connect_timeout_s": 3, "ssl_verify": True,
+                     # the test CA only (like any private CA): the proxy must verify the upstream with it
+                     **({"ca_file": fake.ca_file} if fake.ca_file else {})},
         "oauth": {"issuer": fake.issuer, "login_addr": "127.0.0.1:0"},
     }
 
@@ -232,11 +308,17 @@ def wait_for(predicate, timeout: float = 15, what: str = "condition"):
 
 
 @pytest.fixture
-def app(tmp_path: Path, fake: FakeUpstream):
-    """An in-process App on a fresh store pointed at the fake (for plugin-level tests)."""
+def app(tmp_path: Path, fake: FakeUpstream, monkeypatch):
+    """An in-process App on a fresh store pointed at the fake (for plugin-level tests); like the
+    subprocesses, it sees its own HOME and no CODEXPROXY_* from the outer environment."""
     from codexproxy.app import App
     from codexproxy.config import load_config
 
+    for name in [n for n in os.environ if n.startswith("CODEXPROXY_")]:
+        monkeypatch.delenv(name)
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    monkeypatch.setenv("HOME", str(home))
     path = tmp_path / "app.yaml"
     path.write_text(yaml.safe_dump(base_config(tmp_path / "app", fake)))
     application = App(load_config(path))
@@ -264,3 +346,51 @@ def read_sse(response: httpx.Response) -> list[tuple[float, str, str]]:
 
 RESPONSES_BODY = {"model": "gpt-5-codex", "instructions": "", "stream": True, "store": False,
                   "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}]}
+
+
+# ----------------------------------------------------------------------------- crashes and skips
+@pytest.fixture(autouse=True)
+def _proxy_output_has_no_crash():
+    """After each test: a traceback or "has crashed" in the output of a proxy (any Proxy, also a
+    module-scoped one) printed during the test fails it, unless proxy.allow_log_errors is set."""
+    seen = {id(p): len(p.output) for p in list(Proxy.live)}
+    yield
+    problems = []
+    for proxy in list(Proxy.live):
+        if proxy.allow_log_errors:
+            continue
+        since = seen.get(id(proxy), 0)
+        if proxy.crash_lines(since):
+            lines = proxy.output[since:]
+            first = next(i for i, line in enumerate(lines) if any(m in line for m in CRASH_MARKERS))
+            problems.append(f"{proxy.dir.name}:\n" + "\n".join(lines[max(0, first - 5):first + 40]))
+    if problems:
+        pytest.fail("a proxy logged a crash (set proxy.allow_log_errors = True if the test provokes it):\n"
+                    + "\n\n".join(problems), pytrace=False)
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _skip_as_failure(report, what: str) -> None:
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    report.outcome = "failed"
+    report.longrepr = f"{what} skipped in CI, which is a failure here (a missing prerequisite must not pass unseen): {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if _in_ci() and report.skipped and not hasattr(report, "wasxfail"):
+        _skip_as_failure(report, item.nodeid)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    report = outcome.get_result()
+    if _in_ci() and report.skipped:  # a module-level skip / importorskip
+        _skip_as_failure(report, collector.nodeid)
