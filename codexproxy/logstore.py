@@ -6,6 +6,7 @@ cost, safe from `kill -9` (the kernel keeps what was written), and a torn last l
 on read. Retention drops whole old segments.
 
 Also here: `compile_query`, the log query syntax shared by the CLI, the status page and the API.
+`history()` is the log counted into hourly and daily buckets (loghistory.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
+from .loghistory import LogHistory
 
 SEGMENT_PREFIX = "requests-"
 
@@ -29,6 +32,7 @@ class LogStore:
         self._fd: int | None = None
         self._segments: list[tuple[int, int]] = []  # (sequence, rows), oldest first
         self._listeners: list[Callable[[dict[str, Any]], None]] = []
+        self._history: LogHistory | None = None
         self._scan()
 
     def set_retention(self, rows: int) -> None:
@@ -78,6 +82,8 @@ class LogStore:
         while len(self._segments) > 1 and total - self._segments[0][1] >= self.retention:
             seq, rows = self._segments.pop(0)
             total -= rows
+            if self._history is not None:
+                self._history.forget_file(self._path(seq))
             try:
                 self._path(seq).unlink()
             except FileNotFoundError:
@@ -93,6 +99,8 @@ class LogStore:
                 os.close(fd)
                 self._fd = None
                 self._scan()
+                if self._history is not None:
+                    self._history.reset()
                 fd = self._open_current()
             os.write(fd, line)
             seq, rows = self._segments[-1]
@@ -119,6 +127,8 @@ class LogStore:
                 except FileNotFoundError:
                     pass
             self._segments = []
+            if self._history is not None:
+                self._history.reset()
             return count
 
     def close(self) -> None:
@@ -168,6 +178,24 @@ class LogStore:
             if len(out) >= limit:
                 break
         return out
+
+    def history(self) -> "LogHistory":
+        """The log counted into buckets (built from the files on first use, then kept up to
+        date by every append of this process)."""
+        with self._lock:
+            if self._history is None:
+                self._history = LogHistory(self)
+                self.on_append(self._history.add)
+            elif self._segments and not self._path(self._segments[-1][0]).exists():
+                # `logs clear` in another process, and nothing appended here since to notice it.
+                if self._fd is not None:
+                    os.close(self._fd)
+                    self._fd = None
+                self._scan()
+                self._history.reset()
+            history = self._history
+        history.build()
+        return history
 
     def since(self, start: float) -> Iterator[dict[str, Any]]:
         """Rows with time >= start, newest first (stops at the first older row)."""
