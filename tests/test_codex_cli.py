@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -60,3 +61,23 @@ def test_codex_exec_survives_an_exhausted_account(make_proxy, fake, tmp_path):
     assert any("Served by the second account" in json.dumps(e) for e in events)
     row = proxy.cli_json("logs")[0]
     assert [a["status"] for a in row["attempts"]] == [429, 200]
+
+
+def test_codex_tells_its_user_at_once_when_the_pool_is_exhausted(make_proxy, fake, tmp_path):
+    # Against the real backend Codex prints the usage-limit message at once: the 429 says
+    # error.type "usage_limit_reached". Any other 429 makes it sleep through retry-after
+    # (up to an hour, five times): the pool must answer in the upstream's own shape.
+    proxy = make_proxy(accounts=2)
+    for acct in proxy.fake_accounts:
+        fake.set_default(acct, B.usage_limit(resets_in=3600))
+    started = time.monotonic()
+    result = run_codex(proxy, tmp_path)
+    took = time.monotonic() - started
+    assert result.returncode != 0
+    assert "usage limit" in (result.stdout + result.stderr).lower(), result.stderr[-2000:]
+    assert took < 30, f"Codex took {took:.0f}s: it retried instead of telling the user"
+    # Once the store knows, the pool answers without asking the upstream again.
+    asked = len(fake.requests)
+    result = run_codex(proxy, tmp_path)
+    assert "usage limit" in (result.stdout + result.stderr).lower()
+    assert len(fake.requests) == asked
