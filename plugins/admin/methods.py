@@ -1,6 +1,6 @@
-"""The admin API's own methods (keys.*, logs.*, plugins.list, health, jobs.*) and the checks
-of their parameters. The status page's forms call these same functions, so a form and an RPC
-call can never disagree about what is valid.
+"""The admin API's own methods (keys.*, logs.*, usage.history, plugins.list, health, jobs.*)
+and the checks of their parameters. The status page's forms call these same functions, so a
+form and an RPC call can never disagree about what is valid.
 
 Every method is `func(app, params) -> JSON value`. Bad input raises `BadParams` (JSON-RPC
 -32602, HTTP 400, an error box on the page) before anything is changed; a missing record
@@ -9,17 +9,13 @@ raises `NotFound`.
 
 from __future__ import annotations
 
-import re
 import time
-from datetime import datetime
 from typing import Any, Callable
 
 from codexproxy import __version__
+from codexproxy.expiry import parse_expiry
 from codexproxy.logstore import compile_query, key_stats
-
 from codexproxy.models import EFFORTS
-DURATION = re.compile(r"(\d+)\s*([smhdw])")
-SCALE = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 class BadParams(ValueError):
@@ -92,27 +88,12 @@ def flag(params: dict, name: str) -> bool | None:
 
 
 def expires(params: dict, name: str = "expires") -> float | None:
-    """A duration (30d, 12h), a date (2026-12-31), epoch seconds, or none/never."""
-    value = params.get(name)
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "never")):
-        return None
-    now = time.time()
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        at = float(value)
-    elif isinstance(value, str):
-        m = DURATION.fullmatch(value.strip().lower())
-        if m:
-            at = now + int(m.group(1)) * SCALE[m.group(2)]
-        else:
-            try:
-                at = datetime.fromisoformat(value.strip()).timestamp()
-            except ValueError:
-                raise BadParams(f"{name}: expected a duration like 30d or 12h, or a date like 2026-12-31 (got {value[:40]!r})") from None
-    else:
-        raise BadParams(f"{name}: expected a duration like 30d, a date, or epoch seconds")
-    if at <= now:
-        raise BadParams(f"{name}: must be in the future")
-    return at
+    """A duration (30d, 12h), a date (2026-12-31), epoch seconds, or none/never: the one
+    reading the CLI uses too (codexproxy/expiry.py)."""
+    try:
+        return parse_expiry(params.get(name))
+    except ValueError as exc:
+        raise BadParams(f"{name}: {exc}") from None
 
 
 # --- keys --------------------------------------------------------------------------------------
@@ -252,6 +233,14 @@ def jobs_run(app, params) -> dict[str, Any]:
     return {"name": name, "ran": after is not before, "last": after}
 
 
+def usage_history(app, params) -> dict[str, Any]:
+    """usage.history: the series behind the status page's charts (history.py; imported here
+    rather than at the top because it uses this module's checks)."""
+    from .history import usage_history as build
+
+    return build(app, params)
+
+
 CORE_METHODS: dict[str, Callable[[Any, Any], Any]] = {
     "keys.list": keys_list,
     "keys.get": keys_get,
@@ -262,6 +251,7 @@ CORE_METHODS: dict[str, Callable[[Any, Any], Any]] = {
     "keys.remove": keys_remove,
     "logs.query": logs_query,
     "logs.clear": logs_clear,
+    "usage.history": usage_history,
     "plugins.list": plugins_list,
     "health": health,
     "jobs.list": jobs_list,

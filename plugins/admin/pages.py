@@ -12,7 +12,7 @@ from typing import Any
 from codexproxy.config import masked
 from codexproxy.logstore import start_of_today
 
-from . import methods
+from . import charts, history, methods
 
 LOG_PAGE_SIZE = 50
 STATUS_LABELS = {"active": "available", "cooling": "cooling", "exhausted_5h": "5h limit", "exhausted_7d": "7d limit",
@@ -46,8 +46,45 @@ def _pool_window(accounts: list, attr: str) -> dict[str, Any] | None:
     return view
 
 
+WINDOWS = {"24h": ("hours", "per hour, last 24 hours"), "7d": ("days", "per day, last 7 days")}
+PALETTE = 8  # .c-p0 ... .c-p7 in style.css: reasons, accounts
+
+
+def _labels(buckets: list[dict[str, Any]], hourly: bool) -> tuple[list[str], list[str]]:
+    """(table labels, axis labels) of hourly or daily buckets, in the proxy's local time."""
+    if hourly:
+        return [time.strftime("%a %H:%M", time.localtime(b["start"])) for b in buckets], [charts.hour_label(b["start"]) for b in buckets]
+    return [time.strftime("%a %Y-%m-%d", time.localtime(b["start"])) for b in buckets], [charts.day_label(b["start"]) for b in buckets]
+
+
+def _by_name(buckets: list[dict[str, Any]], field: str, empty: str) -> list[tuple[str, str, list[int]]]:
+    names = sorted({name for b in buckets for name in b[field]})
+    return [(name, f"c-p{i % PALETTE}", [b[field].get(name, 0) for b in buckets]) for i, name in enumerate(names)] or \
+        [(empty, "c-p0", [0] * len(buckets))]
+
+
+def activity_charts(buckets: list[dict[str, Any]], window: str) -> list[dict[str, Any]]:
+    """Requests (answered / failed), tokens, failovers and cooldowns by reason, per bucket."""
+    field, span = WINDOWS[window]
+    hourly = field == "hours"
+    labels, ticks = _labels(buckets, hourly)
+    common = {"ticks": ticks, "every": 3 if hourly else 1}
+    return [
+        charts.bars(f"requests-{window}", f"Requests {span}", labels,
+                    [("answered", "c-ok", [b["requests"] - b["errors"] for b in buckets]), ("failed", "c-bad", [b["errors"] for b in buckets])],
+                    **common),
+        charts.bars(f"tokens-{window}", f"Tokens (input + output) {span}", labels, [("tokens", "c-tok", [b["tokens"] for b in buckets])],
+                    **common),
+        charts.bars(f"failovers-{window}", f"Failovers by reason {span}", labels, _by_name(buckets, "failovers", "failovers"), **common),
+        charts.bars(f"cooldowns-{window}", f"Cooldowns by reason {span}", labels, _by_name(buckets, "cooldowns", "cooldowns"), **common),
+    ]
+
+
 def dashboard(app, query: dict[str, str]) -> dict[str, Any]:
     now = time.time()
+    window = query.get("window") or "24h"
+    if window not in WINDOWS:
+        raise methods.BadParams(f"window: must be one of {', '.join(WINDOWS)} (got {window[:20]!r})")
     accounts = app.accounts.ordered()
     statuses = [a.effective_status(now) for a in accounts]
     counts = {"total": len(accounts), "available": sum(1 for a in accounts if a.is_available(now)),
@@ -72,7 +109,42 @@ def dashboard(app, query: dict[str, str]) -> dict[str, Any]:
     return {"counts": counts, "pool": {"5h": _pool_window(enabled, "primary"), "7d": _pool_window(enabled, "secondary")},
             "best": account_view(best, now) if best else None, "hour": hour, "today": today,
             "recent_errors": recent_errors, "jobs": methods.jobs_list(app, {}), "uptime_s": now - app.started_at,
-            "keys": len(app.keys.all())}
+            "keys": len(app.keys.all()), "window": window, "windows": WINDOWS,
+            "charts": activity_charts(app.logs.history().series(now)[WINDOWS[window][0]], window)}
+
+
+def _usage_lines(account: dict[str, Any]) -> list[tuple[str, str, list[tuple[float, float | None]]]]:
+    """The 5h and 7d used % of one account as line points, broken (None) at each reset."""
+    lines = []
+    for name, _ in history.WINDOWS:
+        points = [(p["time"], (p[name] or {}).get("used")) for p in account["usage"]]
+        points += [(r["at"], None) for r in account["resets"] if r["window"] == name]
+        lines.append((f"{name} used", f"c-{name}", sorted(points, key=lambda p: (p[0], p[1] is not None))))
+    return lines
+
+
+def usage_charts(app, now: float) -> dict[str, Any]:
+    """Each account's usage over the week with its resets, the pool's headroom, and who took the load."""
+    buckets = app.logs.history().series(now)
+    accounts = history.accounts_history(app, buckets, now)
+    start = now - history.WEEK_S
+    per_account = {a["id"]: charts.lines(f"usage-{a['id']}", f"{a['name']}: used % of the 5-hour and 7-day windows", start, now,
+                                         _usage_lines(a), [(r["at"], f"c-{r['window']}", f"{r['window']} reset") for r in a["resets"]])
+                   for a in accounts if a["usage"]}
+    enabled = [a for a in accounts if a["enabled"]]
+    room = history.headroom(enabled, now)
+    headroom = charts.lines("headroom", "Pool headroom: accounts' worth of quota left", start, now,
+                            [(f"{w} left", f"c-{w}", [(r["time"], r[w]) for r in room]) for w, _ in history.WINDOWS],
+                            top=len(enabled) if 1 <= len(enabled) <= 10 else charts.nice_max(len(enabled)), unit="")
+    days = buckets["days"]
+    labels, ticks = _labels(days, hourly=False)
+    load = []
+    for what in ("requests", "tokens"):
+        stacks = [(a["name"], f"c-p{i % PALETTE}", [b["accounts"].get(a["id"], {}).get(what, 0) for b in days]) for i, a in enumerate(accounts)]
+        load.append(charts.bars(f"load-{what}", f"{what.capitalize()} per account per day, last 7 days", labels,
+                                stacks or [("no account", "c-p0", [0] * len(days))], ticks=ticks))
+    return {"usage_charts": per_account, "headroom": headroom, "headroom_now": room[-1] if room else None,
+            "load_charts": load, "shares": accounts}
 
 
 def accounts(app, query: dict[str, str]) -> dict[str, Any]:
@@ -80,11 +152,29 @@ def accounts(app, query: dict[str, str]) -> dict[str, Any]:
     available = methods.all_methods(app)
     return {"accounts": [account_view(a, now) for a in app.accounts.ordered()],
             "can_refresh_usage": "usage.refresh" in available, "can_login": "login.start" in available,
-            "can_refresh_token": "accounts.refresh" in available or bool(app.hook.codexproxy_refresh_account.get_hookimpls())}
+            "can_refresh_token": "accounts.refresh" in available or bool(app.hook.codexproxy_refresh_account.get_hookimpls()),
+            **usage_charts(app, now)}
+
+
+def key_charts(app, now: float) -> dict[str, list[dict[str, Any]]]:
+    """Per key, per day of the week: tokens against its daily limit, the busiest minute against its rpm."""
+    out = {}
+    for key in history.keys_history(app, app.logs.history().series(now)):
+        days = key["days"]
+        labels, ticks = _labels(days, hourly=False)
+        requests = [("requests", [d["requests"] for d in days])]
+        out[key["id"]] = [
+            charts.bars(f"key-tokens-{key['id']}", f"{key['name']}: tokens per day", labels, [("tokens", "c-tok", [d["tokens"] for d in days])],
+                        limit=("daily limit", key["daily_tokens"]) if key["daily_tokens"] else None, ticks=ticks, extra=requests),
+            charts.bars(f"key-rpm-{key['id']}", f"{key['name']}: busiest minute per day (requests)", labels,
+                        [("peak requests/min", "c-ok", [d["peak_rpm"] for d in days])],
+                        limit=("rpm limit", key["rpm"]) if key["rpm"] else None, ticks=ticks, extra=requests),
+        ]
+    return out
 
 
 def keys(app, query: dict[str, str]) -> dict[str, Any]:
-    return {"keys": methods.keys_list(app, {}), "efforts": methods.EFFORTS,
+    return {"keys": methods.keys_list(app, {}), "efforts": methods.EFFORTS, "key_charts": key_charts(app, time.time()),
             "accounts": [{"id": a.id, "name": a.name} for a in app.accounts.ordered()],
             "groups": sorted({a.group for a in app.accounts.all() if a.group})}
 
