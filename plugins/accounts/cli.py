@@ -1,4 +1,4 @@
-"""The plugin's commands: accounts login/show/update/remove/export/refresh, and usage.
+"""The plugin's commands: accounts login/show/update/remove/export/refresh, usage and usage history.
 
 Progress text goes to stdout (to stderr with --json, so stdout stays one JSON document).
 Every failure is one line and exit 2 (CLIError). Tokens are never printed.
@@ -203,6 +203,43 @@ def cmd_usage(app: Any, args: Any) -> int:
     return 0
 
 
+def _by_reason(counts: dict[str, int]) -> str:
+    return ", ".join(f"{reason} {n}" for reason, n in counts.items()) or "-"
+
+
+def _history_text(data: dict[str, Any]) -> str:
+    def rows(buckets: list[dict], fmt: str) -> list[list[str]]:
+        return [[time.strftime(fmt, time.localtime(b["start"])), str(b["requests"]), str(b["errors"]), str(b["tokens"]),
+                 _by_reason(b["failovers"]), _by_reason(b["cooldowns"])] for b in buckets]
+
+    head = ["REQUESTS", "ERRORS", "TOKENS", "FAILOVERS", "COOLDOWNS"]
+    shares = [[a["name"], *(f"{a['share'][span][what]} ({a['share'][span][what + '_pct']:.0f}%)"
+                            for span in ("24h", "7d") for what in ("requests", "tokens"))] for a in data["accounts"]]
+    keys = [[k["name"], time.strftime("%a %Y-%m-%d", time.localtime(d["start"])), str(d["requests"]), str(d["tokens"]),
+             str(k["daily_tokens"] or "-"), str(d["peak_rpm"]), str(k["rpm"] or "-")] for k in data["keys"] for d in k["days"] if d["requests"]]
+    return "\n\n".join([table(rows(data["hours"], "%a %H:%M"), ["HOUR"] + head),
+                         table(rows(data["days"], "%a %Y-%m-%d"), ["DAY"] + head),
+                         table(shares, ["ACCOUNT", "REQUESTS 24H", "TOKENS 24H", "REQUESTS 7D", "TOKENS 7D"]),
+                         table(keys, ["KEY", "DAY", "REQUESTS", "TOKENS", "DAILY LIMIT", "PEAK RPM", "RPM LIMIT"])])
+
+
+def cmd_usage_history(app: Any, args: Any) -> int:
+    """`usage history`: the series behind the status page's charts, computed in this process
+    from the log files and the store (no running proxy needed) by the admin plugin's
+    `usage.history` method, found through the RPC-methods hook (plugins never import each
+    other), so the CLI and the page cannot disagree. --json prints them whole."""
+    found = [t["usage.history"] for t in app.hook.codexproxy_rpc_methods(app=app) if isinstance(t, dict) and "usage.history" in t]
+    if not found:
+        raise CLIError("usage history: needs the admin plugin (plugins.admin.enabled), which builds the series")
+    data = found[0](app, {})
+    emit(args, data, lambda: _history_text(data))
+    return 0
+
+
+def _usage_command(app: Any, args: Any) -> int:
+    return cmd_usage_history(app, args) if args.what == "history" else cmd_usage(app, args)
+
+
 def register(cli: Any) -> None:
     p = cli.command("accounts", "login", "sign in a ChatGPT account (browser, --device, or --no-listen then --callback-url)")
     p.add_argument("--no-browser", action="store_true", help="print the URL only; do not open a browser")
@@ -245,7 +282,9 @@ def register(cli: Any) -> None:
     p.add_argument("id", nargs="?")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_quiet(cmd_refresh))
-    p = cli.command(None, "usage", "5h/7d usage per account and for the pool")
+    p = cli.command(None, "usage", "5h/7d usage per account and for the pool; `usage history`: requests, errors, tokens, "
+                                   "failovers per hour and day, usage over the week, per-key use (the status page's charts)")
+    p.add_argument("what", nargs="?", choices=("history",), help="history: the series over time instead of the usage now")
     p.add_argument("--refresh", action="store_true", help="poll the upstream for every account first")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_quiet(cmd_usage))
+    p.set_defaults(func=_quiet(_usage_command))
