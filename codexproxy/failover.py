@@ -45,6 +45,8 @@ RETRY = "codexproxy.retry"  # flow.metadata: the addon wants the error answer re
 RETRY_AGAIN = "codexproxy.retry_again"  # set by the addon in upstream_retry: re-send now
 ACTIVITY = "codexproxy.activity"  # flow.metadata: monotonic time of the last upstream byte
 ERROR_BODY_LIMIT = 64 * 1024  # enough to read a reason; the rest of a huge error is dropped
+HEAD_ANSWER = "codexproxy.head_answer"  # flow.metadata: answer this now, never read the body
+BODY_CAP = "codexproxy.body_cap"  # flow.metadata: (max bytes, the answer once a body exceeds it)
 
 
 @dataclass
@@ -65,6 +67,31 @@ class IdleTimeout:
 class FailoverHttpStream(HttpStream):
     _discarding = False
     _error_body_size = 0
+
+    # --- the client's request: answered on its head, or capped as its body arrives ---------
+    def state_wait_for_request_headers(self, event):
+        yield from super().state_wait_for_request_headers(event)
+        answer = self.flow.metadata.pop(HEAD_ANSWER, None) if hasattr(self, "flow") else None
+        if answer is not None and not event.end_stream and self.client_state == self.state_consume_request_body:
+            yield from self._answer_before_body(answer)
+
+    def state_consume_request_body(self, event):
+        cap = self.flow.metadata.get(BODY_CAP)
+        if cap is not None and isinstance(event, RequestData) and len(self.request_body_buf) + len(event.data) > cap[0]:
+            self.request_body_buf.clear()
+            yield from self._answer_before_body(cap[1])
+            return
+        yield from super().state_consume_request_body(event)
+
+    def _answer_before_body(self, answer: http.Response):
+        """Answer without reading (or buffering) the rest of the body, then close: the only
+        way to refuse an upload early in HTTP/1.1 (RFC 9112 §9.6)."""
+        answer.headers["connection"] = "close"
+        self.flow.response = answer
+        self.client_state = self.state_errored  # whatever body still arrives is dropped
+        yield from self.send_response()
+        yield SendHttp(ResponseEndOfMessage(self.stream_id), self.context.client)
+        yield commands.CloseConnection(self.context.client)
 
     # --- events -----------------------------------------------------------------------------
     def _handle_event(self, event: events.Event):

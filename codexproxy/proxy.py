@@ -28,6 +28,7 @@ log = logging.getLogger("codexproxy.proxy")
 EXCHANGE = "codexproxy.exchange"
 ACTIVITY = failover.ACTIVITY
 CONNECT_TIMEOUT = "codexproxy.connect_timeout"
+HEAD_ERROR = "codexproxy.head_error"  # flow.metadata: the GatewayError the head was refused with
 MAX_ATTEMPTS_HARD_CAP = 10  # whatever plugins say, one request never loops forever
 
 # Upstream response headers the client never sees: hop-by-hop, and the upstream's cookies
@@ -98,7 +99,7 @@ class Gateway:
             query=dict(parse_qsl(split.query, keep_blank_values=True)),
             headers=_client_headers(req),
             header_fields=_header_fields(req),
-            body=req.raw_content or b"",
+            body=b"",  # the head only: request() fills it once the body has arrived
             client_addr=f"{flow.client_conn.peername[0]}" if flow.client_conn.peername else "",
         )
 
@@ -171,15 +172,9 @@ class Gateway:
 
     # --- mitmproxy events -----------------------------------------------------------------
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        length = flow.request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > self.app.config.limits.max_body_bytes:
-            flow.metadata["codexproxy.too_large"] = True
-
-    def http_connect(self, flow: http.HTTPFlow) -> None:
-        # Not a forward proxy: CONNECT never opens a tunnel anywhere.
-        flow.response = http.Response.make(405, json.dumps(GatewayError(405, "CONNECT is not supported: this is a gateway, not a forward proxy.").openai_body()), {"content-type": "application/json"})
-
-    async def request(self, flow: http.HTTPFlow) -> None:
+        """Admit on the head: route, the body-size check and the key check need no body.
+        A request refused here is answered before its body is read (failover.py), so an
+        unauthenticated or oversized upload costs no memory."""
         ex: Exchange | None = None
         try:
             ex = self._exchange(flow)
@@ -192,11 +187,52 @@ class Gateway:
                 ex.route = Route(kind="local", protocol="none", needs_key=False, name="unknown")
                 raise GatewayError(404, f"Unknown route: {ex.method} {ex.path}", code="not_found")
             ex.route = route
-            limit = self.app.config.limits.max_body_bytes
-            if flow.metadata.get("codexproxy.too_large") or len(ex.body) > limit:
-                raise GatewayError(413, f"Request body is larger than limits.max_body_bytes ({limit} bytes).", code="request_too_large")
             if route.needs_key:
                 ex.key = self.hook.codexproxy_authenticate(app=self.app, exchange=ex)
+            limit = self.app.config.limits.max_body_bytes
+            length = flow.request.headers.get("content-length", "")
+            if length.isdigit() and int(length) > limit:
+                raise self._too_large(limit)
+            # A chunked body is capped as it arrives, answered in the client's protocol.
+            flow.metadata[failover.BODY_CAP] = (limit, self._rendered(ex, self._too_large(limit)))
+        except GatewayError as err:
+            self._refuse_on_head(flow, ex, err)
+        except Exception:
+            log.error("plugin error in request admission: %s", traceback.format_exc(limit=6))
+            self._refuse_on_head(flow, ex, GatewayError(500, "internal error in request admission; see the proxy log",
+                                                         type="server_error", code="plugin_error"))
+
+    @staticmethod
+    def _too_large(limit: int) -> GatewayError:
+        return GatewayError(413, f"Request body is larger than limits.max_body_bytes ({limit} bytes).", code="request_too_large")
+
+    def _rendered(self, ex: Exchange | None, err: GatewayError) -> http.Response:
+        return render_error(self.app, ex, err)
+
+    def _refuse_on_head(self, flow: http.HTTPFlow, ex: Exchange | None, err: GatewayError) -> None:
+        if ex is not None:
+            ex.error = ex.error or err.message
+            ex.status = err.status
+        flow.metadata[HEAD_ERROR] = err
+        # Answered now, without reading the body (failover.py closes the connection after).
+        flow.metadata[failover.HEAD_ANSWER] = self._rendered(ex, err)
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        # Not a forward proxy: CONNECT never opens a tunnel anywhere.
+        flow.response = http.Response.make(405, json.dumps(GatewayError(405, "CONNECT is not supported: this is a gateway, not a forward proxy.").openai_body()), {"content-type": "application/json"})
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        ex: Exchange | None = flow.metadata.get(EXCHANGE)
+        try:
+            if (err := flow.metadata.pop(HEAD_ERROR, None)) is not None:
+                raise err  # refused on the head, and the request had no body to skip
+            if ex is None or ex.route is None:
+                return
+            route = ex.route
+            ex.body = flow.request.raw_content or b""
+            limit = self.app.config.limits.max_body_bytes
+            if len(ex.body) > limit:
+                raise self._too_large(limit)
             if coding := ex.headers.pop("content-encoding", None):
                 # Codex compresses its bodies (zstd); decoded once here, after the key
                 # check, so every plugin and the upstream see plain JSON.
