@@ -31,6 +31,50 @@ class OneLineParser(argparse.ArgumentParser):
         raise CLIError(f"{self.prog}: {message}")
 
 
+# --- argument types: the same limits the config and the admin API apply ------------------------
+# argparse turns the ArgumentTypeError into "argument --rpm: ..." (one line, exit 2).
+
+def whole_number(low: int, high: int, allow_none: bool = False) -> Callable[[str], int | str]:
+    def parse(text: str) -> int | str:
+        if allow_none and text.strip().lower() in ("", "none"):
+            return "none"  # kept as the word: `keys update` reads it as "remove the limit"
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number{' or none' if allow_none else ''} (got {text[:40]!r})") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high} (got {value})")
+        return value
+    parse.__name__ = "whole number"
+    return parse
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds (got {text[:40]!r})") from None
+    if not 0 < value <= 86400:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 86400 (got {text[:40]!r})")
+    return value
+
+
+def short_text(max_len: int = 200) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if len(text) > max_len:
+            raise argparse.ArgumentTypeError(f"at most {max_len} characters")
+        if any(ord(c) < 32 or ord(c) == 127 for c in text):
+            raise argparse.ArgumentTypeError("control characters are not allowed")
+        return text
+    parse.__name__ = "text"
+    return parse
+
+
+PORT = whole_number(0, 65535)
+RPM = whole_number(1, 1_000_000)
+DAILY_TOKENS = whole_number(1, 10**12)
+
+
 class SecretRedactingFilter(logging.Filter):
     """Defence in depth: no log line carries a bearer token, JWT or platform key."""
 
@@ -118,8 +162,8 @@ def build_parser(registry_hook: Callable[[CommandRegistry], None] | None = None)
     reg = CommandRegistry(sub, common)
 
     p = reg.command(None, "run", "serve the gateway (and the status page) until Ctrl-C")
-    p.add_argument("--host", help="override server.host")
-    p.add_argument("--port", type=int, help="override server.port (0 = any free port)")
+    p.add_argument("--host", type=short_text(255), help="override server.host")
+    p.add_argument("--port", type=PORT, help="override server.port (0 = any free port)")
     p.add_argument("--open", action="store_true", help="open the status page in the browser once up")
     p.set_defaults(func=c.cmd_run)
     p = reg.command(None, "plugins", "list plugins, whether they are on, and their hooks")
@@ -132,7 +176,7 @@ def build_parser(registry_hook: Callable[[CommandRegistry], None] | None = None)
     p = reg.command(None, "rpc", "call an admin API method (on the running proxy if there is one), e.g. rpc keys.list")
     p.add_argument("method", metavar="METHOD")
     p.add_argument("params", metavar="JSON_PARAMS", nargs="?", help='an object, e.g. \'{"id": "key_..."}\'')
-    p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("--timeout", type=seconds, default=60.0)
     p.set_defaults(func=c.cmd_rpc)
     p = reg.command(None, "admin-token", "print the admin token of the status page and admin API")
     p.add_argument("--path", action="store_true", help="print where it is kept instead")
@@ -141,26 +185,26 @@ def build_parser(registry_hook: Callable[[CommandRegistry], None] | None = None)
     reg.group("keys", "platform keys: create (shown once), list, update, enable, disable, remove")
     reg.group("accounts", "the account pool: import, list (plugins add login, show, update, remove, export, refresh)")
     p = reg.command("keys", "create", "create a platform key (shown once)")
-    p.add_argument("name")
-    p.add_argument("--model", help="force this model for every request of the key")
+    p.add_argument("name", type=short_text(100))
+    p.add_argument("--model", type=short_text(), help="force this model for every request of the key")
     p.add_argument("--effort", choices=c.EFFORTS, help="force this reasoning effort")
-    p.add_argument("--expires", help="30d, 12h, or a date (2026-12-31)")
-    p.add_argument("--rpm", type=int, help="requests per minute limit")
-    p.add_argument("--daily-tokens", type=int, help="tokens per day limit")
+    p.add_argument("--expires", type=short_text(), help="30d, 12h, or a date (2026-12-31)")
+    p.add_argument("--rpm", type=RPM, help="requests per minute limit")
+    p.add_argument("--daily-tokens", type=DAILY_TOKENS, help="tokens per day limit")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=c.cmd_keys_create)
     p = reg.command("keys", "list", "list platform keys (never the secret)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=c.cmd_keys_list)
     p = reg.command("keys", "update", "change a key's bindings and limits")
-    p.add_argument("id")
-    p.add_argument("--model")
+    p.add_argument("id", type=short_text())
+    p.add_argument("--model", type=short_text())
     p.add_argument("--effort", choices=c.EFFORTS + ("none",))
-    p.add_argument("--expires")
-    p.add_argument("--rpm", type=int)
-    p.add_argument("--daily-tokens", type=int)
-    p.add_argument("--account", help="pin the key to this account (none to unpin)")
-    p.add_argument("--group", help="pin the key to this account group (none to unpin)")
+    p.add_argument("--expires", type=short_text(), help="30d, 12h, a date (2026-12-31), or never")
+    p.add_argument("--rpm", type=whole_number(1, 1_000_000, allow_none=True), help="requests per minute limit (none to remove)")
+    p.add_argument("--daily-tokens", type=whole_number(1, 10**12, allow_none=True), help="tokens per day limit (none to remove)")
+    p.add_argument("--account", type=short_text(), help="pin the key to this account (none to unpin)")
+    p.add_argument("--group", type=short_text(100), help="pin the key to this account group (none to unpin)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=c.cmd_keys_update)
     for name, enabled in (("enable", True), ("disable", False)):

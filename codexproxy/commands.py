@@ -7,25 +7,29 @@ import argparse
 import asyncio
 import json
 import logging
-import re
-import time
 import webbrowser
 from pathlib import Path
 from typing import Any, Callable
 
+from pydantic import ValidationError
+
 from . import __version__
 from .app import App
 from .cli import CLIError, emit, fmt_time, table
+from .expiry import parse_expiry
 from .logstore import key_stats
 from .models import EFFORTS, Account  # noqa: F401  (EFFORTS: the parser's choices)
 
 def cmd_run(app: App, args: argparse.Namespace) -> int:
     from .server import StartupError, serve
 
-    if args.host:
-        app.config.server.host = args.host
-    if args.port is not None:
-        app.config.server.port = args.port
+    for option, name in (("--host", "host"), ("--port", "port")):
+        value = getattr(args, name)
+        if value is not None:
+            try:  # the same checks as server.host / server.port in the config
+                setattr(app.config.server, name, value)
+            except ValidationError as exc:
+                raise CLIError(f"{option}: {exc.errors()[0]['msg'].removeprefix('Value error, ')} (got {value!r})") from None
     if not app.hook.codexproxy_authenticate.get_hookimpls():
         logging.getLogger("codexproxy").warning("no authentication plugin is enabled: the gateway is OPEN to anyone who can reach it")
 
@@ -66,7 +70,6 @@ def cmd_codex_config(app: App, args: argparse.Namespace) -> int:
     key = args.key or "<your platform key: codexproxy keys create NAME>"
     print(f"""# ~/.codex/config.toml
 model_provider = "codexproxy"
-chatgpt_base_url = "{base}/backend-api"   # Codex reads pool usage (/wham/usage) through the proxy
 
 [model_providers.codexproxy]
 name = "codexproxy"
@@ -80,18 +83,11 @@ export CODEXPROXY_API_KEY={key}""")
 
 
 def parse_expires(value: str | None) -> float | None:
-    if not value:
-        return None
-    m = re.fullmatch(r"(\d+)([smhdw])", value.strip())
-    if m:
-        scale = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
-        return time.time() + int(m.group(1)) * scale
+    """--expires, read exactly as the admin API reads it (codexproxy/expiry.py)."""
     try:
-        from datetime import datetime
-
-        return datetime.fromisoformat(value).timestamp()
-    except ValueError:
-        raise CLIError(f"--expires: expected a duration like 30d or a date like 2026-12-31 (got {value!r})") from None
+        return parse_expiry(value)
+    except ValueError as exc:
+        raise CLIError(f"--expires: {exc}") from None
 
 
 def cmd_keys_create(app: App, args: argparse.Namespace) -> int:
@@ -131,7 +127,7 @@ def cmd_keys_update(app: App, args: argparse.Namespace) -> int:
         if value is not None:
             fields["account_id" if name == "account" else name] = (None if value in ("", "none") else value)
     if args.expires is not None:
-        fields["expires_at"] = None if args.expires in ("", "never") else parse_expires(args.expires)
+        fields["expires_at"] = parse_expires(args.expires)
     if getattr(args, "enable", False):
         fields["enabled"] = True
     if getattr(args, "disable", False):
