@@ -7,6 +7,7 @@ The core knows only `enabled` of a plugin section; each plugin validates the res
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 ENV_PREFIX = "CODEXPROXY_"
+# A host name (RFC 1123 labels), an IPv4 address or an IPv6 address without brackets.
+_HOST_RE = re.compile(r"(?i)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*\.?|[0-9a-f:.]*:[0-9a-f:.]*")
 
 
 class ConfigError(Exception):
@@ -34,6 +37,35 @@ class ServerConfig(Section):
     host: str = "127.0.0.1"
     port: int = Field(48760, ge=0, le=65535)
     drain_timeout_s: float = Field(10.0, ge=0)
+    # Seconds a client has to finish a request head once it started sending it (408 after).
+    head_timeout_s: float = Field(30.0, gt=0, le=3600)
+    # Host header values accepted besides the loopback names (127.0.0.1, localhost, [::1]):
+    # a web page that rebinds its own DNS name to 127.0.0.1 sends its name, and is refused (421).
+    allowed_hosts: list[str] = Field(default_factory=list)
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            # mitmproxy reads "" as every interface: that must be said as 0.0.0.0 or ::, not by accident.
+            raise ValueError("must not be empty (use 0.0.0.0 or :: to listen on every interface)")
+        if not _HOST_RE.fullmatch(value):
+            raise ValueError("expected an IP address or a host name")
+        return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _allowed_hosts(cls, values: list[str]) -> list[str]:
+        out = []
+        for value in values:
+            name = value.strip().lower()
+            if name.startswith("[") and name.endswith("]"):
+                name = name[1:-1]
+            if not name or not _HOST_RE.fullmatch(name):
+                raise ValueError(f"{value!r} is not a host name or IP address (give it without scheme or port)")
+            out.append(name)
+        return out
 
 
 class AdminConfig(Section):

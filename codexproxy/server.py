@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import time
 from typing import Any, Callable
 from urllib.parse import urlsplit
@@ -28,6 +29,47 @@ log = logging.getLogger("codexproxy")
 
 class StartupError(Exception):
     """The proxy could not start; the message is one line for the user."""
+
+
+class _ListenFailure(logging.Filter):
+    """Keeps mitmproxy's own "failed to listen" error out of the log: we report a bind
+    failure ourselves in one line, and its hint (`--mode reverse:...@port`) names an option
+    codexproxy does not have. The reason is kept for our line."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reason: str | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "failed to listen on" not in message:
+            return True
+        self.reason = "address already in use" if "already in use" in message else message.split(" with ", 1)[-1].splitlines()[0]
+        return False
+
+
+_LISTEN_FAILURE = _ListenFailure()
+logging.getLogger("mitmproxy.addons.proxyserver").addFilter(_LISTEN_FAILURE)
+
+
+def listen_backlog() -> int:
+    """The most pending connections the OS lets a listener queue (net.core.somaxconn).
+    asyncio's default of 100 made a burst of a few hundred clients see resets."""
+    try:
+        with open("/proc/sys/net/core/somaxconn") as fh:
+            return max(int(fh.read().strip()), socket.SOMAXCONN)
+    except (OSError, ValueError):
+        return socket.SOMAXCONN
+
+
+def _raise_backlog(proxyserver: Any, backlog: int) -> None:
+    """mitmproxy listens through asyncio.start_server() without a backlog argument; calling
+    listen() again on the bound socket raises its queue (Linux and the BSDs allow this)."""
+    for instance in proxyserver.servers:
+        for server in getattr(instance, "_servers", ()):  # mitmproxy 12.3's list of asyncio.Server
+            for transport_socket in getattr(server, "sockets", ()):
+                with socket.socket(fileno=os.dup(transport_socket.fileno())) as sock:
+                    sock.listen(backlog)
 
 
 def _is_loopback(host: str) -> bool:
@@ -51,7 +93,7 @@ class ProxyServer:
         """Bind and start serving; returns the base URL (http://host:port)."""
         cfg = self.app.config
         failover.install()
-        http1_server.install()
+        http1_server.install(head_timeout_s=cfg.server.head_timeout_s)
         origin = urlsplit(cfg.upstream.base_url)
         opts = options.Options(
             listen_host=cfg.server.host,
@@ -87,7 +129,9 @@ class ProxyServer:
         addrs = self.proxyserver.listen_addrs()
         if not addrs:
             self.master.shutdown()
-            raise StartupError(f"cannot listen on {cfg.server.host}:{cfg.server.port} (address in use or not available)")
+            why = _LISTEN_FAILURE.reason or "address in use or not available"
+            raise StartupError(f"cannot listen on {cfg.server.host}:{cfg.server.port} ({why})")
+        _raise_backlog(self.proxyserver, listen_backlog())
         self.port = addrs[0][1]
         host = cfg.server.host
         shown = f"[{host}]" if ":" in host else host
