@@ -28,6 +28,7 @@ log = logging.getLogger("codexproxy.plugins")
 # name in config.yaml -> module. Order matters only for hooks of equal priority.
 DEFAULT_PLUGINS: dict[str, str] = {
     "core": "codexproxy.builtin",
+    "hostcheck": "codexproxy.hostcheck",
     "auth": "codexproxy_plugins.auth",
     "adapter": "codexproxy_plugins.adapter",
     "routing": "codexproxy_plugins.routing",
@@ -36,7 +37,7 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "accounts": "codexproxy_plugins.accounts",
     "admin": "codexproxy_plugins.admin",
 }
-ALWAYS_ON = ("core",)
+ALWAYS_ON = ("core", "hostcheck")
 ENTRY_POINT_GROUP = "codexproxy"
 
 
@@ -99,17 +100,40 @@ def discover(config: Config) -> list[tuple[str, ModuleType, str]]:
     return found
 
 
+def _summary(value: Any, depth: int = 0) -> str:
+    """What tracing shows of a hook argument or result: its shape, never its content.
+
+    Any string can be a secret (a token, a cookie, the one-time login URL that browser_url
+    returns), and objects carry them in fields (an Account's tokens, an Attempt's headers
+    and body), so strings show only their length and objects only their type and id."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return repr(value)
+    if isinstance(value, (str, bytes)):
+        return f"<{type(value).__name__} of {len(value)}>"
+    if depth >= 2:
+        return f"<{type(value).__name__}>"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k if isinstance(k, str) and k.isidentifier() else '?'}: {_summary(v, depth + 1)}"
+                               for k, v in list(value.items())[:12]) + ("..." if len(value) > 12 else "") + "}"
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = list(value)
+        return "[" + ", ".join(_summary(v, depth + 1) for v in items[:8]) + ("..." if len(items) > 8 else "") + "]"
+    ident = getattr(value, "id", None)
+    return f"<{type(value).__name__}{f' {ident}' if isinstance(ident, str) and len(ident) <= 40 else ''}>"
+
+
 def _trace(pm: pluggy.PluginManager) -> None:
     trace_log = logging.getLogger("codexproxy.hooks")
 
     def before(hook_name, hook_impls, kwargs):
-        # Header values carry credentials (tokens, cookies): trace their names only.
-        shown = {k: (sorted(v) if k == "headers" else v) for k, v in kwargs.items() if k != "app"}
+        # Header names are useful and harmless; everything else is summarised (see _summary).
+        shown = {k: (sorted(v) if k == "headers" and isinstance(v, dict) else _summary(v)) for k, v in kwargs.items() if k != "app"}
         trace_log.info("call %s(%s) -> %s", hook_name, shown, [i.plugin_name for i in hook_impls])
 
     def after(outcome, hook_name, hook_impls, kwargs):
         exc = outcome.exception
-        trace_log.info("done %s: %s", hook_name, f"raised {exc!r}" if exc else repr(outcome.get_result())[:300])
+        # An exception's message can quote what it failed on: its type only.
+        trace_log.info("done %s: %s", hook_name, f"raised {type(exc).__name__}" if exc else _summary(outcome.get_result()))
 
     pm.add_hookcall_monitoring(before, after)
 
