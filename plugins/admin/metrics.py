@@ -3,7 +3,8 @@
 Counters and histograms are kept in memory by the `exchange_start` / `exchange_done` observers;
 gauges about accounts (usage %, status) are read from the store at scrape time, and job runs
 from `app.jobs.last_run`. Auth is optional: with `metrics.token` set, scrapers send it (or the
-admin token) as a Bearer token.
+admin token) as a Bearer token. Accounts are labelled by id; their emails appear (in
+`codexproxy_account_info`) only when `metrics.token` is set.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, Iterable
 
 from codexproxy.exchange import LocalResponse
 
-from .session import bearer
+from .session import bearer, guesses
 
 BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, math.inf)
 TOKEN_KINDS = ("input", "cached", "output", "reasoning")
@@ -159,8 +160,12 @@ def render(app, m: Metrics) -> str:
         if ex.account is not None:
             inflight[ex.account.id] = inflight.get(ex.account.id, 0) + 1
     w.family("codexproxy_account_inflight", "gauge", "Requests in progress per account.", [({"account": a}, n) for a, n in inflight.items()])
-    w.family("codexproxy_account_info", "gauge", "Accounts of the pool (value 1), with their names.",
-             [({"account": a.id, "name": a.name, "plan": a.plan or "", "group": a.group or ""}, 1) for a in accounts])
+    # Emails only behind metrics.token: an open /metrics is readable by every local process and
+    # by any page that can reach it, and an email says whose accounts these are.
+    private = bool(app.config.metrics.token)
+    w.family("codexproxy_account_info", "gauge", "Accounts of the pool (value 1), with their labels (emails only when metrics.token is set).",
+             [({"account": a.id, "name": a.name if private else (a.label or a.id), "plan": a.plan or "", "group": a.group or ""}, 1)
+              for a in accounts])
     w.family("codexproxy_account_status", "gauge", "The status of each account (value 1).",
              [({"account": a.id, "status": a.effective_status(now)}, 1) for a in accounts])
     windows = [(a.id, name, window) for a in accounts for name, window in (("5h", a.primary), ("7d", a.secondary)) if window is not None]
@@ -184,8 +189,14 @@ def handle(app, exchange, metrics: Metrics) -> LocalResponse:
         return LocalResponse(405, f"{exchange.method} is not allowed on /metrics; use GET.\n", {"allow": "GET, HEAD"})
     token = app.config.metrics.token
     if token:
+        # The admin token is accepted here too: guesses of either count like any admin guess.
+        limiter = guesses(app)
+        if wait := limiter.retry_after(exchange.client_addr):
+            return LocalResponse(429, f"Too many wrong tokens from your address; try again in {wait} s.\n", {"retry-after": str(wait)})
         offered = bearer(exchange.headers) or ""
         if not (secrets.compare_digest(offered.encode(), token.encode()) or app.check_admin_token(offered)):
+            if offered:  # a scraper without a token is not guessing
+                limiter.failed(exchange.client_addr)
             return LocalResponse(401, "Unauthorized: send metrics.token as 'Authorization: Bearer <token>'.\n",
                                  {"www-authenticate": 'Bearer realm="codexproxy metrics"'})
     return LocalResponse(200, render(app, metrics), {"cache-control": "no-store"},

@@ -16,14 +16,14 @@ from typing import Any
 from codexproxy.exchange import GatewayError, LocalResponse
 
 from .methods import all_methods
-from .session import bearer, cross_site
+from .session import check_admin_bearer, cross_site, guesses
 
 log = logging.getLogger("codexproxy.admin")
 
 PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, INTERNAL = -32700, -32600, -32601, -32602, -32603
-NOT_FOUND, FAILED, UNAUTHORIZED, FORBIDDEN = -32001, -32000, -32010, -32011
+NOT_FOUND, FAILED, UNAUTHORIZED, FORBIDDEN, RATE_LIMITED = -32001, -32000, -32010, -32011, -32012
 HTTP_STATUS = {PARSE_ERROR: 400, INVALID_REQUEST: 400, INVALID_PARAMS: 400, METHOD_NOT_FOUND: 404, NOT_FOUND: 404,
-               UNAUTHORIZED: 401, FORBIDDEN: 403, INTERNAL: 500}
+               UNAUTHORIZED: 401, FORBIDDEN: 403, RATE_LIMITED: 429, INTERNAL: 500}
 MAX_BATCH = 50
 
 
@@ -94,13 +94,25 @@ def handle(app, exchange) -> LocalResponse:
     why = cross_site(app, exchange.headers)
     if why:
         return _reply(403, error(FORBIDDEN, f"Cross-site request refused ({why})."))
-    if not app.check_admin_token(bearer(exchange.headers)):
+    refused = check_admin_bearer(app, exchange)
+    if refused == "limited":
+        wait = guesses(app).retry_after(exchange.client_addr) or 60
+        return _reply(429, error(RATE_LIMITED, f"Too many wrong admin tokens from your address; try again in {wait} s."),
+                      {"retry-after": str(wait)})
+    if refused:
         return _reply(401, error(UNAUTHORIZED, "Unauthorized: send the admin token as 'Authorization: Bearer <token>' "
                                                "(see `codexproxy admin-token`)."), {"www-authenticate": 'Bearer realm="codexproxy"'})
     try:
         payload = json.loads(exchange.body)
+        # JSON may spell a lone UTF-16 surrogate (\ud800), which no UTF-8 store or answer can hold.
+        json.dumps(payload, ensure_ascii=False).encode()
+    except UnicodeEncodeError:  # before ValueError, of which it is a kind
+        return _reply(400, error(PARSE_ERROR, "Parse error: the body holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff "
+                                              "escape), which is not valid Unicode."))
     except (ValueError, UnicodeDecodeError) as exc:
         return _reply(400, error(PARSE_ERROR, f"Parse error: the body is not valid JSON ({exc})."))
+    except RecursionError:
+        return _reply(400, error(PARSE_ERROR, "Parse error: the body is nested too deeply."))
     methods = all_methods(app)
     if isinstance(payload, list):
         if not payload:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import secrets
 import threading
 import time
@@ -22,7 +23,7 @@ SESSION_COOKIE = "codexproxy_session"
 LOGIN_COOKIE = "codexproxy_login"
 OTP_TTL_S = 60.0
 MAX_SESSIONS = 200
-LOGIN_FAILURES_PER_MINUTE = 10
+GUESSES_PER_MINUTE = 10  # wrong admin tokens per client address and minute
 
 
 def _digest(value: str) -> str:
@@ -44,7 +45,6 @@ class Sessions:
         self.sessions: dict[str, Session] = {}  # sha256(cookie value) -> Session
         self.otps: dict[str, float] = {}  # sha256(one-time code) -> expiry
         self.secret = secrets.token_bytes(32)  # signs the login form's CSRF token
-        self.failures: list[float] = []
 
     # --- sessions --------------------------------------------------------------------------
     def create(self, ttl: float) -> tuple[str, Session]:
@@ -104,16 +104,79 @@ class Sessions:
             return False
         return secrets.compare_digest(self.login_csrf(cookie_value).encode(), offered.encode())
 
-    # --- slowing down token guessing -------------------------------------------------------
-    def too_many_failures(self) -> bool:
-        with self.lock:
-            cutoff = time.time() - 60
-            self.failures = [t for t in self.failures if t > cutoff]
-            return len(self.failures) >= LOGIN_FAILURES_PER_MINUTE
 
-    def failed(self) -> None:
+class GuessLimiter:
+    """Wrong admin tokens per client address (IPv6: per /64, what one host can rotate through):
+    after GUESSES_PER_MINUTE wrong ones in a minute that address gets 429 until the oldest
+    ages out, on every surface that checks the token (login form, /rpc, /status and /metrics
+    with a Bearer token). Per address, so a script guessing elsewhere cannot lock the admin out;
+    a script on the same machine shares the admin's address, and sessions already logged in
+    are never affected."""
+
+    def __init__(self, per_minute: int = GUESSES_PER_MINUTE, window_s: float = 60.0, max_clients: int = 4096) -> None:
+        self.per_minute = per_minute
+        self.window_s = window_s
+        self.max_clients = max_clients
+        self.lock = threading.Lock()
+        self.failures: dict[str, list[float]] = {}
+
+    @staticmethod
+    def client_key(addr: str) -> str:
+        try:
+            ip = ipaddress.ip_address(addr.split("%", 1)[0])
+        except ValueError:
+            return addr[:100]
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        if isinstance(ip, ipaddress.IPv6Address) and not ip.is_loopback:
+            return str(ipaddress.IPv6Network((ip, 64), strict=False))
+        return str(ip)
+
+    def retry_after(self, addr: str) -> int | None:
+        """Seconds this address must wait before its next guess, or None when it may try."""
+        key = self.client_key(addr)
+        now = time.time()
         with self.lock:
-            self.failures.append(time.time())
+            recent = [t for t in self.failures.get(key, ()) if t > now - self.window_s]
+            if recent:
+                self.failures[key] = recent
+            else:
+                self.failures.pop(key, None)
+            if len(recent) < self.per_minute:
+                return None
+            return max(1, int(recent[0] + self.window_s - now) + 1)
+
+    def failed(self, addr: str) -> None:
+        key = self.client_key(addr)
+        now = time.time()
+        with self.lock:
+            if key not in self.failures and len(self.failures) >= self.max_clients:
+                for stale in [k for k, ts in self.failures.items() if not ts or ts[-1] <= now - self.window_s]:
+                    del self.failures[stale]
+                if len(self.failures) >= self.max_clients:  # still full: forget the quietest
+                    del self.failures[min(self.failures, key=lambda k: self.failures[k][-1])]
+            self.failures.setdefault(key, []).append(now)
+            del self.failures[key][:-self.per_minute]  # more than the limit tells nothing new
+
+
+def guesses(app) -> GuessLimiter:
+    """The process's one limiter, shared by every admin surface."""
+    return app.plugin_state("admin.guesses", GuessLimiter)
+
+
+def check_admin_bearer(app, exchange) -> str | None:
+    """For a request that offers the admin token as a Bearer token: None when it is right, else
+    why not ("missing", "wrong" or "limited"); a wrong one counts against the client address."""
+    limiter = guesses(app)
+    if limiter.retry_after(exchange.client_addr) is not None:
+        return "limited"
+    offered = bearer(exchange.headers)
+    if offered is None:
+        return "missing"
+    if app.check_admin_token(offered):
+        return None
+    limiter.failed(exchange.client_addr)
+    return "wrong"
 
 
 def check_csrf(session: Session, offered: str | None) -> bool:

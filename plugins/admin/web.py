@@ -17,7 +17,8 @@ from codexproxy.exchange import GatewayError, LocalResponse
 
 from . import forms, pages, render
 from .methods import BadParams, NotFound
-from .session import LOGIN_COOKIE, SESSION_COOKIE, Session, Sessions, bearer, check_csrf, cookies, cross_site, set_cookie
+from .session import (LOGIN_COOKIE, SESSION_COOKIE, Session, Sessions, bearer, check_admin_bearer, check_csrf, cookies, cross_site,
+                      guesses, set_cookie)
 
 log = logging.getLogger("codexproxy.admin")
 
@@ -48,7 +49,7 @@ def _wants_html(exchange) -> bool:
 
 def _viewer(app, exchange, sessions: Sessions) -> Viewer | None:
     if bearer(exchange.headers) is not None:
-        return Viewer(None) if app.check_admin_token(bearer(exchange.headers)) else None
+        return Viewer(None) if check_admin_bearer(app, exchange) is None else None
     session = sessions.get(cookies(exchange.headers).get(SESSION_COOKIE))
     return Viewer(session) if session else None
 
@@ -141,10 +142,10 @@ def login(app, exchange, sessions: Sessions) -> LocalResponse:
     next_ = form.get("next")
     if not sessions.check_login_csrf(cookies(exchange.headers).get(LOGIN_COOKIE), form.get("csrf")):
         return _login_form(app, exchange, sessions, 403, "The login form expired or did not come from this page; try again.", next_)
-    if sessions.too_many_failures():
+    if guesses(app).retry_after(exchange.client_addr) is not None:
         return _login_form(app, exchange, sessions, 429, "Too many wrong tokens in the last minute; wait a minute and try again.", next_)
     if not app.check_admin_token(form.get("token", "").strip()):
-        sessions.failed()
+        guesses(app).failed(exchange.client_addr)
         return _login_form(app, exchange, sessions, 401, "Wrong admin token.", next_)
     return _start_session(app, sessions, _safe_next(form.get("next")))
 
@@ -164,6 +165,10 @@ def handle(app, exchange, sessions: Sessions) -> LocalResponse:
         return render.static(sub[len("static/"):])
     if sub == "login":
         return login(app, exchange, sessions)
+    if bearer(exchange.headers) is not None and (wait := guesses(app).retry_after(exchange.client_addr)):
+        return LocalResponse(429, {"error": {"message": f"Too many wrong admin tokens from your address; try again in {wait} s.",
+                                             "type": "rate_limit_error", "code": "too_many_guesses"}},
+                             {"retry-after": str(wait), "cache-control": "no-store"})
     viewer = _viewer(app, exchange, sessions)
     if exchange.method in ("GET", "HEAD"):
         if viewer is None:
