@@ -1,7 +1,8 @@
 """The TinyDB store: accounts, keys and small state, shared by the proxy and the CLI.
 
-- Atomic: every write is temp file + fsync + rename, so `kill -9` leaves the old or the new
-  file, never half of one.
+- Atomic: every write is temp file + fsync + rename + fsync of the directory, so `kill -9`
+  leaves the old or the new file, never half of one; the temp files a killed writer leaves
+  behind are removed by the next process that opens the store.
 - Shared between processes: every read-modify-write holds an exclusive `flock` on a lock file
   beside the store and starts from the file as it is on disk (re-read when its stat changed),
   so the CLI and a running proxy never lose each other's writes.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import hashlib
 import json
 import os
@@ -27,6 +29,47 @@ from tinydb.table import Table
 from .models import Account, PlatformKey, Record, now
 
 T = TypeVar("T", bound=Record)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems cannot sync a directory; the rename is as durable as they allow
+    finally:
+        os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True
+
+
+def remove_stale_temp_files(path: Path) -> list[Path]:
+    """Delete the temp copies (`.<store>.<pid>.<thread>.tmp`) that a writer killed mid-write
+    (kill -9, power cut) left beside the store: each is a full copy with every token in it.
+    Only files of processes that are gone: a live writer's temp file is about to be renamed."""
+    removed = []
+    prefix = f".{path.name}."
+    for candidate in path.parent.glob(f".{glob.escape(path.name)}.*.*.tmp"):
+        pid_text = candidate.name[len(prefix):].split(".", 1)[0]
+        if not pid_text.isdigit() or int(pid_text) == os.getpid() or _pid_alive(int(pid_text)):
+            continue
+        try:
+            candidate.unlink()
+            removed.append(candidate)
+        except FileNotFoundError:
+            pass
+    return removed
 
 
 class AtomicJSONStorage(Storage):
@@ -88,6 +131,7 @@ class AtomicJSONStorage(Storage):
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.path)
+        _fsync_dir(self.path.parent)  # the rename itself survives a power cut only once its directory is synced
         self._cache = json.loads(payload)
         self._stamp = self._stat()
         self.generation += 1
@@ -107,6 +151,7 @@ class Store:
         self._lock_path = self.path.with_name(self.path.name + ".lock")
         self._lock_depth = 0
         self._lock_fd: int | None = None
+        remove_stale_temp_files(self.path)
         if not self.path.exists():
             with self.transaction():
                 if not self.path.exists():
