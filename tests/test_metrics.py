@@ -136,8 +136,22 @@ def test_optional_token(make_proxy, fake):
     assert httpx.post(proxy.url + "/metrics").status_code == 405
 
 
-def test_open_without_a_token_and_free_of_secrets(proxy, fake):
+def test_open_without_a_token_and_free_of_secrets_and_emails(proxy, fake):
     post(proxy)
     text = scrape(proxy)
     assert_no_secret(text, secrets_of(proxy), "/metrics")
-    assert "user1@example.com" in text or "example.com" in text  # accounts are named, tokens never
+    # An open /metrics is readable by any local process: accounts by id, never by email.
+    account = result(proxy, "accounts.list")[0]
+    assert account["email"] and "@" not in text, "an email is in an open /metrics"
+    samples = parse(text)
+    assert value(samples, "codexproxy_account_info", account=account["id"], name=account["id"], plan=account.get("plan") or "",
+                 group=account.get("group") or "") == 1
+
+
+def test_emails_only_behind_the_metrics_token(make_proxy, fake):
+    proxy = make_proxy({"metrics": {"token": "scrape-secret-123"}})
+    account = result(proxy, "accounts.list")[0]
+    text = scrape(proxy, {"authorization": "Bearer scrape-secret-123"})
+    assert_no_secret(text, secrets_of(proxy), "/metrics")
+    names = {dict(labels)["name"] for (name, labels), _ in parse(text).items() if name == "codexproxy_account_info"}
+    assert names == {account["email"]}
