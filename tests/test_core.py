@@ -187,6 +187,7 @@ def test_a_failing_plugin_fails_closed(make_proxy, fake, tmp_path):
     plugin = tmp_path / "broken.py"
     plugin.write_text(FAILING_PLUGIN)
     proxy = make_proxy({"plugin_paths": [str(plugin)]})
+    proxy.allow_log_errors = True  # the plugin's traceback is logged on purpose
     r = httpx.post(proxy.url + "/v1/responses", json=RESPONSES_BODY, headers=proxy.auth)
     assert r.status_code == 500 and r.json()["error"]["code"] == "plugin_error"
     assert "Traceback" not in r.text
