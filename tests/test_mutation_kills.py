@@ -1,0 +1,235 @@
+"""Tests that notice: each one guards a behaviour a review broke without any test going red.
+
+Every test here drives the running proxy (HTTP through `make_proxy`, or the CLI as a subprocess)
+and checks what the client or the upstream actually sees. bench/MUTATION.md lists the mutation
+each test was seen to kill (the mutation applied by hand, the test run red, the code restored).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import ssl
+import subprocess
+import time
+from urllib.parse import parse_qs, parse_qsl, urlsplit
+
+import httpx
+import pytest
+
+from tests.conftest import PYTHON, RESPONSES_BODY, read_sse, wait_for
+from tests.fakeupstream import B
+
+AUTHORIZE = re.compile(r"(https?://\S+/oauth/authorize\?\S+)")
+
+
+def accounts_by_fake_id(proxy) -> dict[str, dict]:
+    return {a["chatgpt_account_id"]: a for a in proxy.cli_json("accounts", "list")}
+
+
+def token_requests(fake, grant: str) -> list:
+    """The POSTs to the issuer's token endpoint with this grant_type (form or JSON body)."""
+    out = []
+    for rec in fake.all_requests:
+        if rec.method != "POST" or rec.path != "/oauth/token":
+            continue
+        fields = rec.json if isinstance(rec.json, dict) else dict(parse_qsl(rec.body.decode()))
+        if fields.get("grant_type") == grant:
+            out.append((rec, fields))
+    return out
+
+
+def stored_accounts(proxy) -> dict[str, dict]:
+    """The accounts as the proxy last wrote them (the store file is replaced atomically), by fake
+    account id. Unlike `accounts list`, an expired cooldown still shows its status_until here: a
+    1-second window can be checked however slowly a CLI subprocess starts on a loaded machine."""
+    table = json.loads(proxy.store_path.read_text()).get("accounts", {})
+    return {doc["chatgpt_account_id"]: doc for doc in table.values()}
+
+
+def timed(fn):
+    """(wall time before, result, wall time after): brackets a cooldown set during fn()."""
+    before = time.time()
+    result = fn()
+    return before, result, time.time()
+
+
+# --- 1 and 8: the upstream request's Content-Type and Accept-Encoding ----------------------------
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/responses", RESPONSES_BODY),
+    ("/v1/chat/completions", {"model": "gpt-5", "messages": [{"role": "user", "content": "hi"}]}),
+])
+def test_upstream_gets_json_content_type_and_an_uncompressed_stream(proxy, fake, path, body):
+    r = httpx.post(proxy.url + path, json=body, timeout=30,
+                   headers={**proxy.auth, "accept-encoding": "gzip, br", "content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    [sent] = fake.requests
+    assert sent.headers.get("content-type") == "application/json"
+    # The proxy parses the SSE itself: it must never ask for it compressed, whatever the client accepts.
+    assert sent.headers.get("accept-encoding") == "identity"
+    assert sent.headers.get("accept") == "text/event-stream"
+
+
+# --- 2 and 3: OAuth as the issuer expects it -----------------------------------------------------
+
+def test_login_authorize_url_and_code_exchange_are_what_the_issuer_expects(make_proxy, fake):
+    proxy = make_proxy(accounts=0, key=False, start=False)
+    cmd = [PYTHON, "-m", "codexproxy", "accounts", "login", "--no-browser", "-c", str(proxy.config_path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=proxy.dir, env=proxy.env)
+    try:
+        url = next((m.group(1) for line in proc.stdout if (m := AUTHORIZE.search(line))), None)
+        assert url, proc.stderr.read()
+        query = dict(parse_qsl(urlsplit(url).query, keep_blank_values=True))
+        assert query["scope"] == "openid profile email offline_access"
+        assert query["id_token_add_organizations"] == "true"
+        assert query["codex_cli_simplified_flow"] == "true"
+        assert query["response_type"] == "code" and query["code_challenge_method"] == "S256"
+        assert query["client_id"] == "app_EMoamEEZ73f0CkXaXp7hrann" and query["originator"] == "codex_cli_rs"
+        verify = ssl.create_default_context(cafile=fake.ca_file) if fake.ca_file else True
+        page = httpx.get(url, follow_redirects=True, timeout=20, verify=verify)
+        assert page.status_code == 200, page.text
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    [(rec, fields)] = token_requests(fake, "authorization_code")
+    # RFC 6749 §4.1.3: a form, not JSON (the real issuer refuses JSON here).
+    assert rec.headers.get("content-type", "").startswith("application/x-www-form-urlencoded")
+    form = {k: v[-1] for k, v in parse_qs(rec.body.decode()).items()}
+    assert set(form) == {"grant_type", "code", "redirect_uri", "client_id", "code_verifier"}
+    assert form["redirect_uri"] == query["redirect_uri"] and form["client_id"] == query["client_id"]
+    assert len(proxy.cli_json("accounts", "list")) == 1
+
+
+def test_token_refresh_on_401_sends_the_refresh_scope(proxy, fake):
+    acct = proxy.fake_accounts[0]
+    fake.expire_access_token(acct)
+    r = httpx.post(proxy.url + "/v1/responses", json=RESPONSES_BODY, headers=proxy.auth, timeout=30)
+    assert r.status_code == 200, r.text
+    [(rec, fields)] = token_requests(fake, "refresh_token")
+    assert fields["scope"] == "openid profile email"
+    assert fields["client_id"] == "app_EMoamEEZ73f0CkXaXp7hrann" and fields["refresh_token"].startswith("rt_")
+    assert [req.account_id for req in fake.requests] == [acct.account_id, acct.account_id]
+
+
+# --- 4: 400/404/422 are the request's fault ------------------------------------------------------
+
+@pytest.mark.parametrize("status", [400, 404, 422])
+def test_client_errors_reach_the_client_and_leave_the_account_alone(make_proxy, fake, status):
+    proxy = make_proxy(accounts=2)
+    first, _ = proxy.fake_accounts
+    body = {"error": {"message": f"fake {status} for this request", "type": "invalid_request_error",
+                      "code": f"fake_{status}", "param": None}}
+    fake.script(first, B.status(status, body=json.dumps(body)))
+    r = httpx.post(proxy.url + "/v1/responses", json=RESPONSES_BODY, headers=proxy.auth, timeout=30)
+    assert r.status_code == status
+    assert r.json()["error"]["message"] == f"fake {status} for this request"
+    assert [req.account_id for req in fake.requests] == [first.account_id]  # no second account tried
+    account = accounts_by_fake_id(proxy)[first.account_id]
+    assert account["status"] == "active" and account["cooldown_level"] == 0
+    row = proxy.cli_json("logs")[0]
+    assert row["status"] == status and len(row["attempts"]) == 1
+
+
+# --- 5 and 6: cooldown windows -------------------------------------------------------------------
+
+def test_5xx_cools_the_account_30_to_60_seconds(make_proxy, fake):
+    proxy = make_proxy(accounts=2)
+    first, second = proxy.fake_accounts
+    fake.script(first, B.server_error(status=503))
+    before, r, after = timed(lambda: httpx.post(proxy.url + "/v1/responses", json=RESPONSES_BODY,
+                                                headers=proxy.auth, timeout=30))
+    assert r.status_code == 200
+    assert [req.account_id for req in fake.requests] == [first.account_id, second.account_id]
+    account = accounts_by_fake_id(proxy)[first.account_id]
+    assert account["status"] == "cooling"
+    assert before + 30 <= account["status_until"] <= after + 60, (before, account["status_until"], after)
+
+
+def test_429_without_retry_after_backs_off_exponentially(make_proxy, fake):
+    proxy = make_proxy(accounts=2)
+    first, second = proxy.fake_accounts
+    too_many = json.dumps({"error": {"message": "Rate limit reached", "type": "rate_limit_error",
+                                     "code": "rate_limit_exceeded"}})
+    for level in range(3):  # cooldowns of 2**0, 2**1, 2**2 seconds
+        fake.script(first, B.status(429, body=too_many))
+        sent = len(fake.requests)
+        before, r, after = timed(lambda: httpx.post(proxy.url + "/v1/responses", json=RESPONSES_BODY,
+                                                    headers=proxy.auth, timeout=30))
+        assert r.status_code == 200
+        assert [req.account_id for req in fake.requests[sent:]] == [first.account_id, second.account_id]
+        account = stored_accounts(proxy)[first.account_id]
+        assert account["status"] == "cooling" and account["cooldown_level"] == level + 1
+        seconds = 2.0 ** level
+        assert before + seconds <= account["status_until"] <= after + seconds, (level, before, account, after)
+        if level < 2:  # ordered routing: the first account is asked first again once it is back
+            wait_for(lambda: accounts_by_fake_id(proxy)[first.account_id]["status"] == "active",
+                     timeout=seconds + 30, what="the cooldown to end")
+
+
+# --- 7: a response.failed in the stream is a failure, in the log and for the client -------------
+
+FAILED_AFTER_OUTPUT = [
+    ("response.created", {"response": {"id": "resp_f", "object": "response", "status": "in_progress", "output": []}}),
+    ("response.output_item.added", {"output_index": 0, "item": {"type": "message", "id": "msg_f", "role": "assistant",
+                                                                 "status": "in_progress", "content": []}}),
+    ("response.output_text.delta", {"output_index": 0, "content_index": 0, "item_id": "msg_f", "delta": "Hel"}),
+    ("response.failed", {"response": {"id": "resp_f", "object": "response", "status": "failed", "output": [],
+                                      "error": {"code": "server_is_overloaded", "message": "fake overload mid-answer"}}}),
+]
+
+
+def test_response_failed_mid_stream_is_logged_as_the_upstream_failure(proxy, fake):
+    fake.script(proxy.fake_accounts[0], B.events(FAILED_AFTER_OUTPUT))
+    with proxy.client() as client:
+        with client.stream("POST", "/v1/responses", json=RESPONSES_BODY, headers=proxy.auth) as r:
+            events = read_sse(r)
+    assert r.status_code == 200
+    assert [kind for _, kind, _ in events][-1] == "response.failed"
+    assert "fake overload mid-answer" in events[-1][2]
+    row = wait_for(lambda: next(iter(proxy.cli_json("logs")), None), what="the log row")
+    assert "server_is_overloaded" in row["error"] and "fake overload mid-answer" in row["error"], row
+
+
+def test_response_failed_in_a_buffered_answer_is_the_upstream_error(proxy, fake):
+    fake.script(proxy.fake_accounts[0], B.events(FAILED_AFTER_OUTPUT))
+    r = httpx.post(proxy.url + "/v1/responses", json=dict(RESPONSES_BODY, stream=False), headers=proxy.auth, timeout=30)
+    assert r.status_code == 503, r.text  # server_is_overloaded, not a generic "stream closed" 502
+    assert r.json()["error"]["code"] == "server_is_overloaded"
+    assert r.json()["error"]["message"] == "fake overload mid-answer"
+    row = proxy.cli_json("logs")[0]
+    assert row["status"] == 503 and "server_is_overloaded" in row["error"]
+
+
+# --- 9: the model list is fetched the way Codex fetches it ---------------------------------------
+
+def test_model_list_is_fetched_with_client_version(make_proxy, fake):
+    proxy = make_proxy({"plugins": {"adapter": {"client_version": "0.171.5"}}})
+    models = wait_for(lambda: [r for r in fake.all_requests if r.path == "/backend-api/codex/models"],
+                      timeout=30, what="the keepalive job's model list request")
+    assert models[0].method == "GET" and models[0].query == {"client_version": "0.171.5"}
+
+
+# --- 10: the body the backend accepts, end to end ------------------------------------------------
+
+def test_responses_body_gets_store_false_and_keeps_include(proxy, fake):
+    body = dict(RESPONSES_BODY, store=True, include=["reasoning.encrypted_content"], temperature=0.2)
+    r = httpx.post(proxy.url + "/v1/responses", json=body, headers=proxy.auth, timeout=30)
+    assert r.status_code == 200, r.text
+    sent = fake.requests[0].json
+    assert sent["store"] is False and sent["stream"] is True
+    assert sent["include"] == ["reasoning.encrypted_content"]
+    assert "temperature" not in sent
+
+
+def test_chat_with_an_effort_asks_for_store_false_and_encrypted_reasoning(proxy, fake):
+    body = {"model": "gpt-5(high)", "messages": [{"role": "user", "content": "hi"}]}
+    r = httpx.post(proxy.url + "/v1/chat/completions", json=body, headers=proxy.auth, timeout=30)
+    assert r.status_code == 200, r.text
+    sent = fake.requests[0].json
+    assert sent["store"] is False and sent["stream"] is True and sent["model"] == "gpt-5"
+    assert sent["reasoning"] == {"effort": "high", "summary": "auto"}
+    assert sent["include"] == ["reasoning.encrypted_content"]
