@@ -4,6 +4,7 @@ internals: if an upgrade moves them, these fail loudly."""
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import time
 
 import httpx
@@ -112,12 +113,25 @@ def test_connect_failure_takes_the_retry_path(make_proxy, fake):
 
 
 def test_fallback_upstream_is_tried_last(make_proxy, fake):
-    proxy = make_proxy({"upstream": {"fallback_base_url": fake.url + "/fallback/codex"}}, accounts=1)
-    fake.script(proxy.fake_accounts[0], B.server_error(status=500))
-    r = httpx.post(proxy.url + "/v1/responses", json=RESPONSES_BODY, headers=proxy.auth, timeout=30)
-    paths = [req.path for req in fake.all_requests if req.method == "POST"]
-    assert paths[-1] == "/fallback/codex/responses"
-    assert r.status_code in (404, 401, 502, 503)  # the fake has no such backend; what matters is it was tried
+    proxy = make_proxy({"upstream": {"fallback_base_url": fake.fallback_base, "fallback_api_key": fake.fallback_api_key}},
+                       accounts=1)
+    [acct] = proxy.fake_accounts
+    fake.script(acct, B.server_error(status=500))
+    fake.script(fake.FALLBACK, B.ok(text="from the fallback"))
+    with proxy.client() as client:
+        with client.stream("POST", "/v1/responses", json=RESPONSES_BODY, headers=proxy.auth) as r:
+            events = read_sse(r)
+    assert r.status_code == 200
+    assert events[-1][1] == "response.completed" and "from the fallback" in events[-1][2]
+    assert [req.account_id for req in fake.requests] == [acct.account_id]  # the pool first, once
+    [sent] = fake.fallback_requests
+    # The fallback's own key, never a pool account's token or ChatGPT account id.
+    assert sent.headers["authorization"] == f"Bearer {fake.fallback_api_key}"
+    assert "chatgpt-account-id" not in sent.headers
+    assert acct.access_token not in json.dumps(sent.headers)
+    assert sent.json["input"] == RESPONSES_BODY["input"]
+    row = proxy.cli_json("logs")[0]
+    assert row["status"] == 200 and [a["status"] for a in row["attempts"]] == [500, 200]
 
 
 def test_idle_upstream_before_headers_fails_over(make_proxy, fake):
