@@ -76,8 +76,11 @@ def test_permanent_refresh_error_needs_a_new_login(make_proxy, fake):
     wait_first_poll(proxy)
     fake.invalidate_refresh(acct, "refresh_token_expired")
     fake.expire_access_token(acct)
-    status, _ = stream(proxy)
-    assert status in (401, 503)
+    with proxy.client() as client:
+        r = client.post("/v1/responses", json=RESPONSES_BODY, headers=proxy.auth)
+    # The only account needs a new login: no account can serve (503), not the upstream's 401.
+    assert r.status_code == 503, r.text
+    assert r.json()["error"]["code"] == "no_available_account"
     assert fake.refresh_calls == 1
     [stored] = proxy.cli_json("accounts", "list")
     assert stored["status"] == "reauth_required"  # the reason is the routing plugin's (401 after a refresh)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import time
 
 import anthropic
 import httpx
 import openai
 import pytest
 
-from tests.conftest import read_sse
+from tests.conftest import read_sse, wait_for
 from tests.fakeupstream import B
 
 pytestmark = pytest.mark.client
@@ -169,24 +168,26 @@ def test_key_bound_model_and_effort_override(make_proxy, fake):
 
 def test_models_in_both_formats(proxy, fake, oai):
     ids = [m.id for m in oai.models.list()]
-    assert ids  # fallback list, or the upstream's once the keepalive job ran
+    # The configured fallback list until the keepalive job fetched the upstream's (it runs soon
+    # after start, so either can be served here), and never anything else.
+    assert ids in (["gpt-5.5", "gpt-5-codex", "gpt-5"], [m["slug"] for m in fake.models]), ids
     r = httpx.get(proxy.url + "/v1/models", headers={"x-api-key": proxy.key, "anthropic-version": "2023-06-01"})
-    assert r.status_code == 200 and r.json()["data"][0]["type"] == "model"
+    assert r.status_code == 200
+    assert {m["type"] for m in r.json()["data"]} == {"model"}
+    assert [m["id"] for m in r.json()["data"]] in (["gpt-5.5", "gpt-5-codex", "gpt-5"], [m["slug"] for m in fake.models])
     r = httpx.get(proxy.url + "/v1/models", headers={})
     assert r.status_code == 401
 
 
 def test_models_come_from_upstream_after_keepalive(make_proxy, fake):
     proxy = make_proxy()
-    deadline = time.time() + 10
-    ids: list[str] = []
-    while time.time() < deadline:
-        ids = [m["id"] for m in httpx.get(proxy.url + "/v1/models", headers=proxy.auth).json()["data"]]
-        if ids and ids != ["gpt-5.5", "gpt-5-codex", "gpt-5"]:
-            break
-        time.sleep(0.3)
     upstream = [m["slug"] for m in fake.models]
-    assert ids == upstream
+    assert upstream != ["gpt-5.5", "gpt-5-codex", "gpt-5"]  # else this test could not tell them apart
+
+    def served() -> list[str]:
+        return [m["id"] for m in httpx.get(proxy.url + "/v1/models", headers=proxy.auth, timeout=30).json()["data"]]
+
+    wait_for(lambda: served() == upstream, timeout=30, what="/v1/models to serve the upstream's list")
 
 
 # --- Anthropic Messages --------------------------------------------------------------------
