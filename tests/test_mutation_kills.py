@@ -233,3 +233,210 @@ def test_chat_with_an_effort_asks_for_store_false_and_encrypted_reasoning(proxy,
     assert sent["store"] is False and sent["stream"] is True and sent["model"] == "gpt-5"
     assert sent["reasoning"] == {"effort": "high", "summary": "auto"}
     assert sent["include"] == ["reasoning.encrypted_content"]
+
+
+# --- in process: the pure functions the mutation run (scripts/mutate) checks -------------------
+# These run in the pytest process, so mutmut sees which of them reach a mutated function (it
+# cannot see into the proxy subprocesses above). Each assertion pins a value that a mutant of
+# wire.py, routing.py or auth.py would change; see bench/MUTATION.md for the run and survivors.
+
+class TestInProcess:
+    # wire.py ------------------------------------------------------------------------------------
+    def test_control_characters(self):
+        from codexproxy.wire import has_control_char
+
+        assert not has_control_char("plain value with spaces\tand a tab ~")
+        for bad in ("a\rb", "a\nb", "a\x00b", "\x1f", "a\x7f", "\x01"):
+            assert has_control_char(bad), repr(bad)
+        assert not has_control_char(" ") and not has_control_char("\x80é")
+
+    def test_check_value_names_the_header_or_the_source(self):
+        from codexproxy.exchange import GatewayError
+        from codexproxy.wire import check_value
+
+        check_value("x-ok", "fine")
+        with pytest.raises(GatewayError) as err:
+            check_value("x-bad", "a\r\nInjected: 1")
+        assert err.value.status == 400 and err.value.code == "invalid_header_value"
+        assert err.value.param == "x-bad" and "header 'x-bad'" in err.value.message
+        with pytest.raises(GatewayError) as err:
+            check_value("session_id", "a\nb", source="field 'prompt_cache_key'")
+        assert err.value.param == "field 'prompt_cache_key'" and "The field 'prompt_cache_key' holds" in err.value.message
+
+    def test_authority(self):
+        from codexproxy.wire import authority
+
+        assert authority("https://chatgpt.com/backend-api/codex/responses") == "chatgpt.com"
+        assert authority("https://chatgpt.com:443/x") == "chatgpt.com"
+        assert authority("http://127.0.0.1:80/x") == "127.0.0.1"
+        assert authority("http://127.0.0.1:443/x") == "127.0.0.1:443"
+        assert authority("https://127.0.0.1:80/x") == "127.0.0.1:80"
+        assert authority("https://127.0.0.1:8443/x") == "127.0.0.1:8443"
+        assert authority("http://[::1]:9000/x") == "[::1]:9000"
+        assert authority("https://[::1]/x") == "[::1]"
+
+    def test_passed_client_headers(self):
+        from codexproxy.exchange import GatewayError
+        from codexproxy.wire import passed_client_headers
+
+        fields = [("Authorization", "Bearer cpk"), ("Version", "0.169.0"), ("X-Codex-Turn-State", "t1"),
+                  ("x-openai-x", "o"), ("session-id", "s"), ("Accept-Language", "en"), ("User-Agent", "ua"),
+                  ("X-Stainless-Lang", "python"), ("content-type", "application/json"), ("x-codex-turn-state", "t2"),
+                  ("Thread-Id", "th"), ("conversation_id", "c1"), ("OpenAI-Beta", "b")]
+        assert passed_client_headers(fields) == [
+            ("Version", "0.169.0"), ("X-Codex-Turn-State", "t1, t2"), ("x-openai-x", "o"), ("session-id", "s"),
+            ("Accept-Language", "en"), ("Thread-Id", "th"), ("conversation_id", "c1"), ("OpenAI-Beta", "b")]
+        assert passed_client_headers([]) == []
+        with pytest.raises(GatewayError):
+            passed_client_headers([("x-codex-evil", "a\r\nb")])
+        assert passed_client_headers([("x-other", "a\r\nb")]) == []  # not passed, so not checked
+
+    def test_spelled(self):
+        from codexproxy.exchange import GatewayError
+        from codexproxy.wire import spelled
+
+        assert spelled({"host": "h", "session-id": "s", "x-gone": None, "n": 5}, {"session-id": "Session-Id"}) == [
+            ("host", "h"), ("Session-Id", "s"), ("n", "5")]
+        with pytest.raises(GatewayError):
+            spelled({"x-plugin": "a\nb"}, {})
+
+    def test_decode_body(self):
+        import gzip
+        import zlib
+
+        from codexproxy.exchange import GatewayError
+        from codexproxy.wire import decode_body
+
+        try:
+            from compression import zstd
+        except ImportError:
+            from backports import zstd
+        data = b'{"model": "gpt-5", "input": "' + b"x" * 5000 + b'"}'
+        raw_deflate = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+        raw_deflate = raw_deflate.compress(data) + raw_deflate.flush()
+        cases = {"gzip": gzip.compress(data), "x-gzip": gzip.compress(data), "deflate": zlib.compress(data),
+                 "zstd": zstd.compress(data), "identity": data, "": data, "GZIP ": gzip.compress(data)}
+        for coding, body in cases.items():
+            assert decode_body(body, coding, 10_000) == data, coding
+        assert decode_body(raw_deflate, "deflate", 10_000) == data
+        assert decode_body(zstd.compress(gzip.compress(data)), "gzip, zstd", 10_000) == data
+        assert decode_body(gzip.compress(data), "identity, gzip", 10_000) == data
+        assert decode_body(gzip.compress(data), "gzip", len(data)) == data  # exactly at the limit
+        for coding, body in (("gzip", gzip.compress(data)), ("zstd", zstd.compress(data)), ("deflate", zlib.compress(data))):
+            with pytest.raises(GatewayError) as err:
+                decode_body(body, coding, len(data) - 1)
+            assert err.value.status == 413 and err.value.code == "request_too_large", coding
+        for coding, body in (("gzip", gzip.compress(data)[:-30]), ("zstd", zstd.compress(data)[:-5]),
+                             ("deflate", zlib.compress(data)[:-10])):
+            with pytest.raises(GatewayError) as err:
+                decode_body(body, coding, 10_000)
+            assert err.value.status == 400 and err.value.code == "invalid_body_encoding" and "truncated" in err.value.message
+        for coding in ("gzip", "zstd", "deflate"):
+            with pytest.raises(GatewayError) as err:
+                decode_body(b"not compressed at all", coding, 10_000)
+            assert err.value.status == 400 and err.value.code == "invalid_body_encoding", coding
+            assert f"not valid {coding}" in err.value.message
+        with pytest.raises(GatewayError) as err:
+            decode_body(data, "br", 10_000)
+        assert err.value.status == 415 and err.value.code == "unsupported_content_encoding" and "'br'" in err.value.message
+
+    # routing.py ---------------------------------------------------------------------------------
+    @staticmethod
+    def attempt(status=None, body=b"", headers=None, error=None):
+        from codexproxy.exchange import Attempt
+
+        return Attempt(account_id="acc", url="https://chatgpt.com/backend-api/codex/responses", status=status,
+                       body=body if isinstance(body, bytes) else json.dumps(body).encode(), headers=headers or {},
+                       error=error)
+
+    def test_classify(self):
+        from codexproxy_plugins.routing import classify
+
+        a = self.attempt
+        usage = {"error": {"type": "usage_limit_reached", "resets_in_seconds": 60}}
+        table = [
+            (a(error="connect failed"), "transport"),
+            (a(429, usage), "usage_limit"),
+            (a(429, b"you hit your usage_limit"), "usage_limit"),
+            (a(429, {"error": {"type": "rate_limit_error"}}), "rate_limited"),
+            (a(429, b""), "rate_limited"),
+            (a(401, {"error": {"message": "Your account has been deactivated"}}), "deactivated"),
+            (a(403, b"account DEACTIVATED"), "deactivated"),
+            (a(401, {"error": {"code": "token_expired"}}), "unauthorized"),
+            (a(403, b"<html><title>Just a moment...</title>"), "challenge"),
+            (a(403, b"<HTML>blocked</HTML>"), "challenge"),
+            (a(403, b"cloudflare says no"), "challenge"),
+            (a(403, {"error": {"message": "forbidden"}}), "server_error"),
+            (a(500, b""), "server_error"), (a(502, b""), "server_error"), (a(503, b""), "server_error"),
+            (a(499, b""), "client_error"),
+            (a(400, b""), "client_error"), (a(404, b""), "client_error"), (a(422, b""), "client_error"),
+        ]
+        for attempt, kind in table:
+            assert classify(attempt)[0] == kind, (attempt.status, attempt.body, attempt.error)
+        assert classify(a(429, usage))[1] == usage["error"]
+        assert classify(a(500, {"error": "text"}))[1] == {}
+        assert classify(a(500, [1, 2]))[1] == {}
+
+    def test_usage_reset(self):
+        from codexproxy_plugins.routing import _usage_reset
+
+        now = time.time()
+        until, which = _usage_reset(self.attempt(429), {"resets_at": now + 500})
+        assert until == pytest.approx(now + 500) and which == "exhausted_5h"
+        until, _ = _usage_reset(self.attempt(429), {"resets_in_seconds": 700})
+        assert now + 699 <= until <= time.time() + 700
+        until, which = _usage_reset(self.attempt(429, headers={"x-codex-secondary-used-percent": "100.0",
+                                                                "x-codex-secondary-reset-at": str(now + 9000),
+                                                                "x-codex-primary-reset-at": str(now + 100)}), {})
+        assert which == "exhausted_7d" and until == pytest.approx(now + 9000)
+        until, which = _usage_reset(self.attempt(429, headers={"x-codex-secondary-used-percent": "99.9",
+                                                                "x-codex-primary-reset-at": str(now + 100)}), {})
+        assert which == "exhausted_5h" and until == pytest.approx(now + 100)
+        until, _ = _usage_reset(self.attempt(429), {})
+        assert now + 3599 <= until <= time.time() + 3600  # no hint at all: an hour
+        until, _ = _usage_reset(self.attempt(429), {"resets_at": now - 50})
+        assert now + 0.9 <= until <= time.time() + 1  # a reset in the past still cools a second
+
+    def test_retry_after_and_float(self):
+        from codexproxy_plugins.routing import _float, _retry_after
+
+        assert _retry_after(self.attempt(429, headers={"retry-after": "7"})) == 7.0
+        assert _retry_after(self.attempt(429, headers={"retry-after": "1.5"})) == 1.5
+        assert _retry_after(self.attempt(429, headers={"retry-after": "soon"})) is None
+        assert _retry_after(self.attempt(429)) is None
+        assert _float("2.5") == 2.5 and _float(None) == 0.0 and _float("x") == 0.0
+
+    def test_cooldown_constants(self):
+        from codexproxy_plugins import routing
+
+        assert routing.COOL_5XX == (30.0, 60.0) and routing.COOL_CHALLENGE == 120.0 and routing.COOL_MAX == 1800.0
+
+    # auth.py ------------------------------------------------------------------------------------
+    def test_offered_key(self):
+        from codexproxy_plugins.auth import offered_key
+
+        assert offered_key({"authorization": "Bearer cpk-1 "}) == "cpk-1"
+        assert offered_key({"authorization": "bearer cpk-2"}) == "cpk-2"
+        assert offered_key({"authorization": "Bearer  "}) is None
+        assert offered_key({"authorization": "Basic abc", "x-api-key": " cpk-3 "}) == "cpk-3"
+        assert offered_key({"authorization": "Bearer cpk-4", "x-api-key": "cpk-5"}) == "cpk-4"
+        assert offered_key({"x-api-key": "  "}) is None and offered_key({}) is None
+
+    def test_rpm_window(self, monkeypatch):
+        import types
+
+        from codexproxy_plugins import auth
+
+        clock = [1000.0]
+        monkeypatch.setattr(auth.time, "monotonic", lambda: clock[0])
+        limits = auth.Limits(types.SimpleNamespace(logs=types.SimpleNamespace(on_append=lambda f: None)))
+        assert [limits.take("k", 2) for _ in range(2)] == [None, None]
+        clock[0] = 1010.0
+        assert limits.take("k", 2) == pytest.approx(50.0)  # the oldest of the last 2 leaves the window at 1060
+        assert limits.take("other", 2) is None
+        clock[0] = 1060.0
+        assert limits.take("k", 2) is None  # exactly a window later: both first ones are out
+        assert limits.take("k", 2) is None
+        assert limits.take("k", 2) == pytest.approx(60.0)
+        assert auth._retry_after(0.2) == {"retry-after": "1"} and auth._retry_after(2.1) == {"retry-after": "3"}
+        assert auth.WINDOW_S == 60.0
