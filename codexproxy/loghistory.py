@@ -2,10 +2,11 @@
 local hour (the last 24) and per local day (the last 7), with each account's and key's share.
 What the status page charts and `usage.history` / `codexproxy usage history` return.
 
-`LogStore.history()` builds it once from the log files (the last week only, newest first) and
-then feeds it every row this process appends, so a page view copies 31 small buckets instead of
-reading 100k rows. Retention takes dropped rows back out and `logs clear` starts it over: a
-restart (which counts the files afresh) never changes the numbers.
+`LogStore.history()` counts the log files once, then the store hands it every row this process
+appends, so a page view copies 31 small buckets instead of reading 100k rows. Retention takes
+dropped rows back out and `logs clear` starts it over: a restart (which counts the files
+afresh) never changes the numbers. It also keeps each key's last use and today's counts
+(`key_stats`), which the keys page and `keys list` show.
 """
 
 from __future__ import annotations
@@ -14,15 +15,11 @@ import functools
 import json
 import threading
 import time
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
-
-if TYPE_CHECKING:
-    from .logstore import LogStore
+from typing import Any, Iterator
 
 HISTORY_HOURS = 24
 HISTORY_DAYS = 7
-SLACK_S = 3600  # rows are appended when a request ends but stamped when it began: read a bit further back
+RECENT_FAILURES = 5
 
 
 @functools.lru_cache(maxsize=64)
@@ -81,7 +78,7 @@ def attempt_events(attempts: Any) -> Iterator[tuple[str, str]]:
 class Bucket:
     """The counts of one hour or one day. `sign` -1 takes a row back out (retention)."""
 
-    __slots__ = ("requests", "errors", "tokens", "failovers", "cooldowns", "accounts", "keys", "key_minutes")
+    __slots__ = ("requests", "errors", "tokens", "failovers", "cooldowns", "accounts", "keys", "key_minutes", "peaks")
 
     def __init__(self) -> None:
         self.requests = self.errors = self.tokens = 0
@@ -89,7 +86,8 @@ class Bucket:
         self.cooldowns: dict[str, int] = {}
         self.accounts: dict[str, list[int]] = {}  # account id -> [requests, tokens]
         self.keys: dict[str, list[int]] = {}  # key id -> [requests, tokens]
-        self.key_minutes: dict[tuple[str, int], int] = {}  # (key id, minute) -> requests: the day's peak rpm
+        self.key_minutes: dict[tuple[str, int], int] = {}  # (key id, minute) -> requests
+        self.peaks: dict[str, int] | None = {}  # key id -> its busiest minute; None: recount (a row went out)
 
     def count(self, row: dict[str, Any], sign: int, minutes: bool) -> None:
         tokens = row_tokens(row) * sign
@@ -105,13 +103,20 @@ class Bucket:
                 entry[0] += sign
                 entry[1] += tokens
         if minutes and row.get("key_id"):
-            minute = (row["key_id"], int(row.get("time") or 0) // 60)
-            self.key_minutes[minute] = self.key_minutes.get(minute, 0) + sign
+            key_id = row["key_id"]
+            minute = (key_id, int(row.get("time") or 0) // 60)
+            n = self.key_minutes[minute] = self.key_minutes.get(minute, 0) + sign
+            if sign < 0:
+                self.peaks = None
+            elif self.peaks is not None and n > self.peaks.get(key_id, 0):
+                self.peaks[key_id] = n
 
     def view(self, start: int, peaks: bool) -> dict[str, Any]:
-        peak: dict[str, int] = {}
-        for (key_id, _), n in self.key_minutes.items():
-            peak[key_id] = max(peak.get(key_id, 0), n)
+        if peaks and self.peaks is None:
+            self.peaks = {}
+            for (key_id, _), n in self.key_minutes.items():
+                self.peaks[key_id] = max(self.peaks.get(key_id, 0), n)
+        peak = self.peaks or {}
         return {"start": start, "requests": self.requests, "errors": self.errors, "tokens": self.tokens,
                 "failovers": {r: n for r, n in sorted(self.failovers.items()) if n},
                 "cooldowns": {r: n for r, n in sorted(self.cooldowns.items()) if n},
@@ -120,99 +125,137 @@ class Bucket:
                          for k, (r, t) in sorted(self.keys.items()) if r}}
 
 
-def _identity(row: dict[str, Any]) -> str:
-    return str(row.get("id") or json.dumps(row, sort_keys=True, default=str))
+class Tally:
+    """Everything counted from a set of rows: the buckets of the window, the newest failures,
+    and per platform key its rows and last use over the whole log (the keys page's columns)."""
+
+    def __init__(self) -> None:
+        self.hours: dict[int, Bucket] = {}
+        self.days: dict[int, Bucket] = {}
+        self.failures: list[dict[str, Any]] = []  # the newest failed rows of the window, newest first
+        self.keys: dict[str, list[float]] = {}  # key id -> [rows in the log, last use]
+        self._bounds = (0, 0, 0.0)  # (oldest day kept, oldest hour kept, recompute after): a clock read per hour
+
+    def count(self, row: dict[str, Any], sign: int) -> None:
+        at = row.get("time")
+        if not isinstance(at, (int, float)) or isinstance(at, bool):
+            return
+        key_id = row.get("key_id")
+        if key_id:
+            seen = self.keys.setdefault(key_id, [0, at])
+            seen[0] += sign
+            seen[1] = max(seen[1], at)
+            if seen[0] <= 0:  # its rows are all gone (retention): as if never used
+                del self.keys[key_id]
+        oldest_day, oldest_hour, until = self._bounds
+        if at >= until or not until:
+            now = time.time()
+            self._bounds = oldest_day, oldest_hour, until = day_slots(now)[0], hour_slots(now)[0], hour_start(now) + 3600.0
+        if at < oldest_day:
+            return
+        tm = time.localtime(at)
+        self.days.setdefault(_midnight(tm.tm_year, tm.tm_mon, tm.tm_mday), Bucket()).count(row, sign, minutes=True)
+        hour = int(at) - tm.tm_min * 60 - tm.tm_sec
+        if hour >= oldest_hour:
+            self.hours.setdefault(hour, Bucket()).count(row, sign, minutes=False)
+        if failed(row):
+            if sign < 0:
+                self.failures = [r for r in self.failures if r is not row and r.get("id", r) != row.get("id", row)]
+            elif len(self.failures) < RECENT_FAILURES or at > self.failures[-1]["time"]:
+                self.failures = sorted(self.failures + [row], key=lambda r: r["time"], reverse=True)[:RECENT_FAILURES]
 
 
 class LogHistory:
-    """The buckets of one LogStore; thread-safe (appends come from the event loop, reads from
-    worker threads)."""
+    """The tally of one LogStore. The store drives it: `start_build` and `add` run under the
+    store's lock, so every row is either in the files the build reads or handed over by `add`,
+    never both and never neither. Thread-safe: appends come from the event loop, reads from
+    worker threads."""
 
-    def __init__(self, logs: "LogStore") -> None:
-        self.logs = logs
-        self._lock = threading.Lock()  # the buckets: appends (event loop) and readers (workers)
-        self._build_lock = threading.Lock()  # one build at a time; readers wait for it
-        self._hours: dict[int, Bucket] = {}
-        self._days: dict[int, Bucket] = {}
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tally = Tally()
         self._state = "empty"  # -> "building" -> "built"; back to "empty" on reset
         self._generation = 0
         self._arrived: list[dict[str, Any]] = []  # rows appended while the files were read
 
+    @property
+    def built(self) -> bool:
+        return self._state == "built"
+
     def reset(self) -> None:
         with self._lock:
-            self._hours, self._days, self._arrived = {}, {}, []
-            self._state = "empty"
+            self._tally, self._arrived, self._state = Tally(), [], "empty"
             self._generation += 1
 
-    def build(self) -> None:
-        with self._build_lock:
-            with self._lock:
-                if self._state == "built":
-                    return
-                self._state, self._arrived, generation = "building", [], self._generation
-            cutoff = day_slots(time.time())[0]
-            scanned = [row for row in self.logs.since(cutoff - SLACK_S) if (row.get("time") or 0) >= cutoff]
-            with self._lock:
-                if self._generation != generation:
-                    return  # cleared meanwhile: the next reader builds again
-                late = self._arrived
-                if late:  # an append may have landed in the files before the scan reached them
-                    seen = {_identity(row) for row in scanned}
-                    late = [row for row in late if _identity(row) not in seen]
-                for row in scanned + late:
-                    self._count(row, 1)
-                self._state, self._arrived = "built", []
+    def start_build(self) -> int:
+        """Under the store's lock: rows appended from now on are handed over, not read."""
+        with self._lock:
+            self._state, self._arrived = "building", []
+            return self._generation
+
+    def finish_build(self, generation: int, rows: Iterator[dict[str, Any]]) -> None:
+        """Count `rows` (the files as they were at `start_build`), then the rows handed over."""
+        tally = Tally()
+        for row in rows:
+            tally.count(row, 1)
+        with self._lock:
+            if self._generation != generation:
+                return  # cleared meanwhile: the next reader builds again
+            for row in self._arrived:
+                tally.count(row, 1)
+            self._tally, self._arrived, self._state = tally, [], "built"
 
     def add(self, row: dict[str, Any]) -> None:
-        """The LogStore listener: count a row just appended."""
+        """Under the store's lock, after each append."""
         with self._lock:
             if self._state == "built":
-                self._count(row, 1)
+                self._tally.count(row, 1)
             elif self._state == "building":
                 self._arrived.append(row)
 
-    def forget_file(self, path: Path) -> None:
-        """Retention is about to delete this segment: take its rows of the last week back out."""
+    def forget(self, data: bytes) -> None:
+        """Retention deleted a segment holding these bytes: take its rows back out. Runs in a
+        thread of its own (a segment is thousands of rows: no stall for the event loop)."""
         with self._lock:
             if self._state != "built":
-                self._hours, self._days, self._state = {}, {}, "empty"
+                self._tally, self._arrived, self._state = Tally(), [], "empty"
                 self._generation += 1
                 return
+            generation = self._generation
+        rows = []
+        for line in data.split(b"\n"):
             try:
-                lines = path.read_bytes().split(b"\n")
-            except OSError:
-                return
-            cutoff = day_slots(time.time())[0] - SLACK_S
-            for line in reversed(lines):  # newest first: stop at the first row older than a week
-                try:
-                    row = json.loads(line) if line else None
-                except ValueError:
-                    continue
-                if isinstance(row, dict):
-                    if (row.get("time") or 0) < cutoff:
-                        break
-                    self._count(row, -1)
+                row = json.loads(line) if line else None
+            except ValueError:
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+        with self._lock:
+            if self._generation == generation:
+                for row in rows:
+                    self._tally.count(row, -1)
 
-    def _count(self, row: dict[str, Any], sign: int) -> None:
-        at = row.get("time")
-        if not isinstance(at, (int, float)) or isinstance(at, bool):
-            return
-        tm = time.localtime(at)
-        day = _midnight(tm.tm_year, tm.tm_mon, tm.tm_mday)
-        hour = int(at) - tm.tm_min * 60 - tm.tm_sec
-        now = time.time()
-        if day >= day_start(now) - (HISTORY_DAYS + 1) * 86400:
-            self._days.setdefault(day, Bucket()).count(row, sign, minutes=True)
-        if hour > now - (HISTORY_HOURS + 1) * 3600:
-            self._hours.setdefault(hour, Bucket()).count(row, sign, minutes=False)
+    def recent_failures(self) -> list[dict[str, Any]]:
+        """The newest failed rows of the window (at most RECENT_FAILURES), newest first."""
+        with self._lock:
+            return list(self._tally.failures)
+
+    def key_stats(self, now: float | None = None) -> dict[str, dict[str, Any]]:
+        """Per platform key with rows in the log: last used, requests and tokens today."""
+        today = day_start(time.time() if now is None else now)
+        with self._lock:
+            bucket = self._tally.days.get(today) or Bucket()
+            return {key_id: {"last_used": last, "requests_today": bucket.keys.get(key_id, [0, 0])[0],
+                             "tokens_today": bucket.keys.get(key_id, [0, 0])[1]} for key_id, (_, last) in self._tally.keys.items()}
 
     def series(self, now: float | None = None) -> dict[str, list[dict[str, Any]]]:
         """{"hours": 24 buckets, "days": 7 buckets}, oldest first, quiet ones included as zeros."""
         now = time.time() if now is None else now
         hours, days = hour_slots(now), day_slots(now)
         with self._lock:
-            for table, first in ((self._hours, hours[0]), (self._days, days[0])):
+            tally = self._tally
+            for table, first in ((tally.hours, hours[0]), (tally.days, days[0])):
                 for start in [s for s in table if s < first]:
                     del table[start]
-            return {"hours": [(self._hours.get(s) or Bucket()).view(s, peaks=False) for s in hours],
-                    "days": [(self._days.get(s) or Bucket()).view(s, peaks=True) for s in days]}
+            return {"hours": [(tally.hours.get(s) or Bucket()).view(s, peaks=False) for s in hours],
+                    "days": [(tally.days.get(s) or Bucket()).view(s, peaks=True) for s in days]}

@@ -33,6 +33,8 @@ class LogStore:
         self._segments: list[tuple[int, int]] = []  # (sequence, rows), oldest first
         self._listeners: list[Callable[[dict[str, Any]], None]] = []
         self._history: LogHistory | None = None
+        self._history_lock = threading.Lock()  # one count of the files at a time
+        self._counted: dict[int, tuple[tuple[int, int], int]] = {}  # seq -> ((inode, size), rows) as last counted
         self._scan()
 
     def set_retention(self, rows: int) -> None:
@@ -49,12 +51,17 @@ class LogStore:
         for path in self.dir.glob(f"{SEGMENT_PREFIX}*.jsonl"):
             try:
                 seq = int(path.stem[len(SEGMENT_PREFIX):])
-                with open(path, "rb") as fh:
-                    rows = fh.read().count(b"\n")
+                st = path.stat()
+                stamp, rows = self._counted.get(seq, (None, 0))
+                if stamp != (st.st_ino, st.st_size):  # count a segment's lines again only when it changed
+                    with open(path, "rb") as fh:
+                        rows = fh.read().count(b"\n")
+                    self._counted[seq] = ((st.st_ino, st.st_size), rows)
             except (ValueError, OSError):
                 continue
             segments.append((seq, rows))
         self._segments = sorted(segments)
+        self._counted = {seq: self._counted[seq] for seq, _ in segments if seq in self._counted}
 
     def _open_current(self) -> int:
         if self._fd is not None:
@@ -83,7 +90,11 @@ class LogStore:
             seq, rows = self._segments.pop(0)
             total -= rows
             if self._history is not None:
-                self._history.forget_file(self._path(seq))
+                try:
+                    data = self._path(seq).read_bytes()
+                except OSError:
+                    data = b""
+                threading.Thread(target=self._history.forget, args=(data,), name="log-history-forget", daemon=True).start()
             try:
                 self._path(seq).unlink()
             except FileNotFoundError:
@@ -105,6 +116,8 @@ class LogStore:
             os.write(fd, line)
             seq, rows = self._segments[-1]
             self._segments[-1] = (seq, rows + 1)
+            if self._history is not None:
+                self._history.add(row)  # under the lock: the history's build knows exactly which rows it read
             self._rotate_if_full()
         for listener in self._listeners:
             listener(row)
@@ -179,23 +192,46 @@ class LogStore:
                 break
         return out
 
-    def history(self) -> "LogHistory":
-        """The log counted into buckets (built from the files on first use, then kept up to
-        date by every append of this process)."""
-        with self._lock:
-            if self._history is None:
-                self._history = LogHistory(self)
-                self.on_append(self._history.add)
-            elif self._segments and not self._path(self._segments[-1][0]).exists():
-                # `logs clear` in another process, and nothing appended here since to notice it.
-                if self._fd is not None:
-                    os.close(self._fd)
-                    self._fd = None
-                self._scan()
-                self._history.reset()
-            history = self._history
-        history.build()
-        return history
+    def history(self) -> LogHistory:
+        """The log counted into buckets: counted from the files on first use (other readers wait
+        for it), then kept up to date by every append of this process."""
+        with self._history_lock:
+            with self._lock:
+                if self._history is None:
+                    self._history = LogHistory()
+                elif self._segments and not self._path(self._segments[-1][0]).exists():
+                    # `logs clear` in another process, and nothing appended here since to notice it.
+                    if self._fd is not None:
+                        os.close(self._fd)
+                        self._fd = None
+                    self._scan()
+                    self._history.reset()
+                history = self._history
+                if history.built:
+                    return history
+                generation = history.start_build()
+                segments = [seq for seq, _ in self._segments]
+                end = os.fstat(self._fd).st_size if self._fd is not None else None  # the current segment's bytes so far
+            history.finish_build(generation, self._rows_newest_first(segments, end))
+            return history
+
+    def _rows_newest_first(self, seqs: list[int], end: int | None) -> Iterator[dict[str, Any]]:
+        """The rows of these segments, newest first; of the newest only its first `end` bytes
+        (None: all of it)."""
+        for i, seq in enumerate(reversed(seqs)):
+            try:
+                data = self._path(seq).read_bytes()
+            except FileNotFoundError:
+                continue
+            if i == 0 and end is not None:
+                data = data[:end]
+            for line in reversed(data.split(b"\n")):
+                try:
+                    row = json.loads(line) if line else None
+                except ValueError:
+                    continue
+                if isinstance(row, dict):
+                    yield row
 
     def since(self, start: float) -> Iterator[dict[str, Any]]:
         """Rows with time >= start, newest first (stops at the first older row)."""
@@ -211,19 +247,9 @@ def start_of_today() -> float:
 
 
 def key_stats(logs: LogStore) -> dict[str, dict[str, Any]]:
-    """Per platform key: last used, requests and tokens today (from the log, not a counter
-    written per request)."""
-    today = start_of_today()
-    stats: dict[str, dict[str, Any]] = {}
-    for row in logs.newest_first():
-        key_id = row.get("key_id")
-        if not key_id:
-            continue
-        entry = stats.setdefault(key_id, {"last_used": row.get("time"), "requests_today": 0, "tokens_today": 0})
-        if (row.get("time") or 0) >= today:
-            entry["requests_today"] += 1
-            entry["tokens_today"] += (row.get("input_tokens") or 0) + (row.get("output_tokens") or 0)
-    return stats
+    """Per platform key: last used, requests and tokens today (from the log's history, counted
+    once and then kept up to date, not a counter written per request)."""
+    return logs.history().key_stats()
 
 
 # --- the log query syntax (CLI, status page, admin API) ----------------------------------------
