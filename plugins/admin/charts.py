@@ -34,6 +34,18 @@ def short(value: float) -> str:
     return f"{value:.1f}".rstrip("0").rstrip(".") if not float(value).is_integer() else str(int(value))
 
 
+def cell(value: Any) -> str:
+    """A table cell: whole numbers with thousands separators, others to one decimal (the page's
+    `number` filter), made here once rather than per cell in the template."""
+    if value is None:
+        return "—"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:,.1f}"
+    return f"{int(value):,}"
+
+
 def hour_label(start: float) -> str:
     return time.strftime("%H:%M", time.localtime(start))
 
@@ -90,8 +102,8 @@ def bars(chart_id: str, title: str, labels: Sequence[str], stacks: Sequence[tupl
     chart["legend"] = [{"cls": cls, "label": name} for name, cls, _ in stacks] + ([{"cls": "limit", "label": limit[0]}] if limit else [])
     total = len(stacks) > 1
     head = ["When"] + [name for name, _, _ in stacks] + (["Total"] if total else []) + [name for name, _ in extra]
-    rows = [[label] + [values[i] for _, _, values in stacks] + ([sums[i]] if total else []) + [values[i] for _, values in extra]
-            for i, label in enumerate(labels)]
+    rows = [[label] + [cell(values[i]) for _, _, values in stacks] + ([cell(sums[i])] if total else [])
+            + [cell(values[i]) for _, values in extra] for i, label in enumerate(labels)]
     chart["table"] = {"head": head, "rows": rows}
     return chart
 
@@ -121,7 +133,7 @@ def lines(chart_id: str, title: str, start: float, end: float,
                 continue
             parts.append(f"{pen}{x(t)},{y(v)}")
             pen = "L"
-            rows.append([t, name, v])
+            rows.append([t, name, cell(v)])
         if parts:
             single = len(parts) == 1  # one point: a dot instead of an invisible line
             chart["paths"].append({"d": " ".join(parts), "cls": cls, "dot": single, "cx": x(points[-1][0]) if single else 0,
@@ -129,7 +141,7 @@ def lines(chart_id: str, title: str, start: float, end: float,
     for t, cls, label in markers:
         if start <= t <= end:
             chart["markers"].append({"x": x(t), "cls": cls, "tip": label})
-            rows.append([t, label, None])
+            rows.append([t, label, cell(None)])
     for i in range(ticks):
         t = start + span * i / max(1, ticks - 1)
         chart["xticks"].append({"x": x(t), "label": day_label(t) if span > 2 * 86400 else hour_label(t)})

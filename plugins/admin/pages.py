@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from codexproxy.config import masked
+from codexproxy.loghistory import failed
 from codexproxy.logstore import start_of_today
 
 from . import charts, history, methods
@@ -94,23 +95,22 @@ def dashboard(app, query: dict[str, str]) -> dict[str, Any]:
     available = [a for a in accounts if a.is_available(now)]
     best = min(available, key=lambda a: (a.primary.used_percent if a.primary else 0, a.secondary.used_percent if a.secondary else 0),
                default=None)
+    # From the buckets, not the log: today's rows alone can be tens of thousands. Only the last
+    # hour (a rolling window the hourly buckets do not match) is read from the log.
+    history = app.logs.history()
+    buckets = history.series(now)
     hour = {"requests": 0, "errors": 0}
-    today = {"requests": 0, "tokens": 0}
-    recent_errors: list[dict[str, Any]] = []
-    for row in app.logs.since(start_of_today()):
-        today["requests"] += 1
-        today["tokens"] += (row.get("input_tokens") or 0) + (row.get("output_tokens") or 0)
-        failed = (row.get("status") or 0) >= 400 or bool(row.get("error"))
-        if (row.get("time") or 0) >= now - 3600:
-            hour["requests"] += 1
-            hour["errors"] += failed
-        if failed and len(recent_errors) < 5:
-            recent_errors.append(log_row(row))
+    for row in app.logs.since(now - 3600):
+        hour["requests"] += 1
+        hour["errors"] += failed(row)
+    day = buckets["days"][-1]
+    today = {"requests": day["requests"], "tokens": day["tokens"]}
+    recent_errors = [log_row(row) for row in history.recent_failures() if row["time"] >= start_of_today()]
     return {"counts": counts, "pool": {"5h": _pool_window(enabled, "primary"), "7d": _pool_window(enabled, "secondary")},
             "best": account_view(best, now) if best else None, "hour": hour, "today": today,
             "recent_errors": recent_errors, "jobs": methods.jobs_list(app, {}), "uptime_s": now - app.started_at,
             "keys": len(app.keys.all()), "window": window, "windows": WINDOWS,
-            "charts": activity_charts(app.logs.history().series(now)[WINDOWS[window][0]], window)}
+            "charts": activity_charts(buckets[WINDOWS[window][0]], window)}
 
 
 def _usage_lines(account: dict[str, Any]) -> list[tuple[str, str, list[tuple[float, float | None]]]]:
