@@ -29,6 +29,7 @@ import os
 import secrets
 import socket
 import socketserver
+import ssl
 import struct
 import sys
 import tempfile
@@ -477,6 +478,11 @@ class _ServerBase:
     @property
     def url(self) -> str:
         return self.public_url or self.raw_url
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """httpx's `verify` for a client of `url` (a browser in the login tests): the front's CA only."""
+        return ssl.create_default_context(cafile=self.ca_file) if self.ca_file else True
 
     def __enter__(self):
         return self.start()

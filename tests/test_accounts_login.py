@@ -56,7 +56,7 @@ def test_browser_flow_end_to_end(tmp_path, fake):
     proxy = new_proxy(tmp_path, fake)
     proc, url = start_login(proxy, "--group", "team", "--tag", "a", "--tag", "b", "--note", "laptop")
     assert "code_challenge_method=S256" in url and "state=" in url and "originator=codex_cli_rs" in url
-    page = httpx.get(url, follow_redirects=True, timeout=20)  # issuer -> 302 -> our loopback listener
+    page = httpx.get(url, follow_redirects=True, timeout=20, verify=fake.verify)  # issuer -> 302 -> our loopback listener
     assert page.status_code == 200 and "Signed in" in page.text
     code, out, err = finish(proc)
     assert code == 0, err
@@ -78,7 +78,7 @@ def test_error_callback_is_shown_in_words(tmp_path, fake, error, words):
     proxy = new_proxy(tmp_path, fake)
     fake.authorize_error = error
     proc, url = start_login(proxy)
-    page = httpx.get(url, follow_redirects=True, timeout=20)
+    page = httpx.get(url, follow_redirects=True, timeout=20, verify=fake.verify)
     assert page.status_code == 400 and words in page.text
     code, _, err = finish(proc)
     assert code == 2 and len(err.strip().splitlines()) == 1 and words in err and error in err
@@ -125,7 +125,7 @@ def test_manual_paste_across_two_invocations(tmp_path, fake):
     url = AUTHORIZE.search(first.stdout).group(1)
     assert "--callback-url" in first.stdout
     assert httpx.URL(url).params["redirect_uri"] == "http://localhost:1455/auth/callback"  # Codex's registered port
-    hop = httpx.get(url, follow_redirects=False, timeout=10)  # the browser would land on this unreachable URL
+    hop = httpx.get(url, follow_redirects=False, timeout=10, verify=fake.verify)  # the browser would land on this unreachable URL
     callback = hop.headers["location"]
     assert callback.startswith("http://localhost:1455/auth/callback?code=")
     assert accounts(proxy) == []
@@ -152,7 +152,7 @@ def test_bad_callback_urls_store_nothing(tmp_path, fake, url, needle):
 def test_expired_pending_login_is_refused(tmp_path, fake):
     proxy = new_proxy(tmp_path, fake, {"oauth": {"pending_login_ttl_s": 1}})
     first = proxy.cli("accounts", "login", "--no-browser", "--no-listen", check=True)
-    callback = httpx.get(AUTHORIZE.search(first.stdout).group(1), timeout=10).headers["location"]
+    callback = httpx.get(AUTHORIZE.search(first.stdout).group(1), timeout=10, verify=fake.verify).headers["location"]
     time.sleep(1.2)
     one_line_error(proxy.cli("accounts", "login", "--callback-url", callback), "expired")
     assert accounts(proxy) == []
@@ -186,7 +186,7 @@ def test_login_again_renews_the_same_account(tmp_path, fake):
     assert accounts(proxy)[0]["status"] == "reauth_required"
     fake.next_login_account = acct
     proc, url = start_login(proxy)
-    httpx.get(url, follow_redirects=True, timeout=20)
+    httpx.get(url, follow_redirects=True, timeout=20, verify=fake.verify)
     code, out, _ = finish(proc)
     assert code == 0 and "renewed" in out
     [stored] = accounts(proxy)
@@ -208,7 +208,7 @@ def rpc(app, method, params=None):
 def test_rpc_login_start_listens_and_status_follows(app, fake):
     started = rpc(app, "login.start", {"group": "web"})
     assert started["listening"] is True and started["status"] == "pending" and "verifier" not in started
-    page = httpx.get(started["url"], follow_redirects=True, timeout=20)
+    page = httpx.get(started["url"], follow_redirects=True, timeout=20, verify=fake.verify)
     assert page.status_code == 200 and "Signed in" in page.text
     status = rpc(app, "login.status", {"id": started["id"]})
     assert status["status"] == "completed" and status["account"]["group"] == "web"
@@ -218,7 +218,7 @@ def test_rpc_login_start_listens_and_status_follows(app, fake):
 def test_rpc_login_complete_by_paste_and_bad_params(app, fake):
     started = rpc(app, "login.start", {"listen": False})
     assert started["listening"] is False
-    callback = httpx.get(started["url"], timeout=10).headers["location"]
+    callback = httpx.get(started["url"], timeout=10, verify=fake.verify).headers["location"]
     with pytest.raises(ValueError, match="callback_url is required"):
         rpc(app, "login.complete", {})
     with pytest.raises(ValueError, match="not a login callback URL"):

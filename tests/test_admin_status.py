@@ -243,7 +243,7 @@ def test_start_a_login_from_the_page(make_proxy, fake):
     url = re.search(r'href="([^"]+)" target="_blank"', r.text).group(1).replace("&amp;", "&")
     assert url.startswith(fake.issuer) and "code_challenge=" in url
     # Follow the issuer's redirect by hand and paste the callback URL, as a user on a remote machine would.
-    callback = httpx.get(url, follow_redirects=False).headers["location"]
+    callback = httpx.get(url, follow_redirects=False, verify=fake.verify).headers["location"]
     login_id = re.search(r'name="login_id" value="([^"]+)"', r.text).group(1)
     r = post_form(client, "/status/accounts/login-complete", {"callback_url": callback, "login_id": login_id}, page="/status/accounts")
     assert r.status_code == 303, r.text  # the redirect was not followed: only the pasted URL completes it

@@ -1,10 +1,15 @@
 """The status page in a real headless Chromium: log in with the admin token, see an account's
 usage bars in local time, create a key and read its one-time secret, disable it, search the
-logs; screenshots go to test-artifacts/."""
+logs; the charts of the dashboard, accounts and keys pages over a week of requests, drawn with
+no script and no CSP complaint, their tables readable with images off. Screenshots go to
+test-artifacts/. The browser gets a HOME of its own (nothing written to the real ~/.config)."""
 
 from __future__ import annotations
 
+import os
+import random
 import shutil
+import time
 from pathlib import Path
 
 import httpx
@@ -15,6 +20,10 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
+from codexproxy.app import App
+from codexproxy.config import load_config
+from codexproxy.logstore import LogStore
+from codexproxy_plugins.accounts import usage as account_usage
 from tests.adminkit import result, set_usage
 from tests.conftest import REPO, RESPONSES_BODY
 
@@ -29,15 +38,24 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-def browser(tmp_path):
+def start_chromium(tmp_path: Path, *extra: str) -> webdriver.Chrome:
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                 "--disable-sync", "--no-first-run", "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium'}",
-                "--window-size=1440,1000", "--force-device-scale-factor=1", "--lang=en-US"):
+                "--window-size=1440,1000", "--force-device-scale-factor=1", "--lang=en-US", *extra):
         options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # CSP violations land in the console
+    # Chromium writes ~/.config/chromium and ~/.cache even with --user-data-dir: give it a HOME of its own.
+    home = tmp_path / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"), "XDG_CACHE_HOME": str(home / ".cache")}
+    return webdriver.Chrome(service=Service(CHROMEDRIVER, env=env), options=options)
+
+
+@pytest.fixture
+def browser(tmp_path):
+    driver = start_chromium(tmp_path)
     driver.set_page_load_timeout(30)
     yield driver
     driver.quit()
@@ -165,3 +183,108 @@ def test_status_page_in_chromium(make_proxy, fake, browser):
     wait(driver, EC.presence_of_element_located((By.NAME, "token")))
     driver.get(proxy.url + "/status/keys")
     assert "/status/login" in driver.current_url
+
+
+def fill_a_week(proxy) -> None:
+    """A plausible week for the pictures, written before the proxy starts (it counts the log
+    files once at start, then only its own appends): requests by day and hour, some failed,
+    failovers and cooldowns, two keys, and usage snapshots with resets."""
+    app = App(load_config(proxy.config_path))
+    try:
+        accounts = app.accounts.ordered()
+        laptop = app.keys.find("test")
+        ci, _ = app.keys.create("ci", rpm=20, daily_tokens=400_000)
+        app.keys.update(laptop.id, rpm=30, daily_tokens=250_000)
+        logs = LogStore(proxy.data_dir / "logs")
+        rng = random.Random(16)
+        now = time.time()
+        t = now - 7 * 86400
+        while t < now:
+            hour = time.localtime(t).tm_hour
+            t += rng.expovariate((40 if 9 <= hour < 19 else 6) / 3600)
+            if t >= now:
+                break
+            one, other = rng.sample(accounts, 2)
+            failing = rng.random() < 0.06
+            attempts = [{"account": other.id, "status": 429, "reason": rng.choice(["usage_limit", "rate_limited", "server_error"])}] \
+                if failing else []
+            status = 502 if rng.random() < 0.03 else 200
+            key = laptop if rng.random() < 0.7 else ci
+            logs.append({"id": f"w{t:.3f}", "time": t, "key_id": key.id, "key_name": key.name, "account_id": one.id,
+                         "account": one.email, "status": status, "method": "POST", "path": "/v1/responses",
+                         "input_tokens": rng.randint(800, 9000) if status == 200 else None,
+                         "output_tokens": rng.randint(50, 1500) if status == 200 else None,
+                         "attempts": attempts + [{"account": one.id, "status": status, "reason": "server_error" if status >= 500 else None}]})
+        for n, account in enumerate(accounts):
+            used5, used7, reset5 = 0.0, 5.0 + 10 * n, now - 7 * 86400 + 5 * 3600
+            for k in range(7 * 24 // 2):
+                at = now - 7 * 86400 + k * 2 * 3600 + 600 * n
+                if at >= reset5:
+                    used5, reset5 = 0.0, at + 5 * 3600
+                used5 = min(100.0, used5 + rng.uniform(2, 30) * (1 + n))
+                used7 = min(100.0, used7 + rng.uniform(0, 1.2))
+                account_usage.save_snapshot(app, account.id, {
+                    "time": at, "primary": {"used_percent": round(used5, 1), "window_minutes": 300, "reset_at": reset5},
+                    "secondary": {"used_percent": round(used7, 1), "window_minutes": 10080, "reset_at": now + 2 * 86400}})
+    finally:
+        app.close()
+
+
+def csp_complaints(driver) -> list[str]:
+    return [e["message"] for e in driver.get_log("browser") if "Content Security Policy" in e["message"] or e["level"] == "SEVERE"]
+
+
+def test_status_charts_in_chromium(make_proxy, fake, tmp_path):
+    proxy = make_proxy(accounts=3, start=False)
+    fill_a_week(proxy)
+    proxy.start()
+    driver = start_chromium(tmp_path)
+    try:
+        driver.get(proxy.url + "/status/login")
+        field = wait(driver, EC.presence_of_element_located((By.NAME, "token")))
+        field.send_keys(proxy.admin_token)
+        field.submit()
+        wait(driver, EC.presence_of_element_located((By.ID, "activity")))
+        for window in ("24h", "7d"):
+            driver.get(f"{proxy.url}/status?window={window}")
+            charts = wait(driver, EC.presence_of_all_elements_located((By.CSS_SELECTOR, "#activity svg.chart")))
+            assert len(charts) == 4 and all(c.size["width"] > 300 and c.size["height"] > 80 for c in charts)
+            assert len(driver.find_elements(By.CSS_SELECTOR, f"#chart-requests-{window} rect.bar")) > 0
+            # The numbers behind a chart: one click on "Numbers", no script.
+            driver.find_element(By.CSS_SELECTOR, f"#chart-requests-{window} details summary").click()
+            rows = driver.find_elements(By.CSS_SELECTOR, f"#chart-requests-{window} table tbody tr")
+            assert len(rows) == (24 if window == "24h" else 7) and rows[-1].is_displayed()
+            screenshot(driver, f"status-charts-{window}.png")
+            assert csp_complaints(driver) == []
+        driver.get(proxy.url + "/status/accounts")
+        wait(driver, EC.presence_of_element_located((By.ID, "chart-headroom")))
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#history svg.chart path.line")) >= 2 * 3 + 2  # 5h and 7d per account, pool
+        assert driver.find_elements(By.CSS_SELECTOR, "#history line.marker.c-5h")  # the 5h resets
+        assert len(driver.find_elements(By.CSS_SELECTOR, "table#share tbody tr")) == 3
+        screenshot(driver, "status-accounts-charts.png")
+        driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": [{"name": "prefers-color-scheme", "value": "dark"}]})
+        screenshot(driver, "status-accounts-charts-dark.png")
+        driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
+        driver.get(proxy.url + "/status/keys")
+        limits = wait(driver, EC.presence_of_all_elements_located((By.CSS_SELECTOR, "#history line.limit")))
+        assert len(limits) == 4  # both keys have a daily-token and an rpm limit
+        screenshot(driver, "status-keys-charts.png")
+        assert csp_complaints(driver) == []
+    finally:
+        driver.quit()
+
+    # Images and scripts off: every chart still has its title and its table of numbers.
+    driver = start_chromium(tmp_path / "plain", "--blink-settings=imagesEnabled=false,scriptEnabled=false")
+    try:
+        driver.get(proxy.url + "/status/login")
+        field = wait(driver, EC.presence_of_element_located((By.NAME, "token")))
+        field.send_keys(proxy.admin_token)
+        field.submit()
+        wait(driver, EC.presence_of_element_located((By.ID, "activity")))
+        for figure in driver.find_elements(By.CSS_SELECTOR, "figure.chart"):
+            assert figure.find_element(By.TAG_NAME, "figcaption").text
+            figure.find_element(By.TAG_NAME, "summary").click()
+            assert figure.find_elements(By.CSS_SELECTOR, "table tbody tr")
+        screenshot(driver, "status-charts-no-images.png")
+    finally:
+        driver.quit()

@@ -110,7 +110,7 @@ def _no_account_error(app, exchange) -> GatewayError:
         wait = max(1, int(until - now + 0.999))
         when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(until))
         message = f"Every account's usage limit is reached; the earliest resets at {when} (in {wait}s)."
-        if exchange.protocol == "responses":
+        if exchange.protocol in ("responses", "compact"):
             # The upstream's own shape: Codex CLI tells its user at once on exactly this, where
             # any other 429 makes it sleep through retry-after, up to five times.
             plan = next((a.plan for a in exhausted if a.plan), None)
