@@ -24,7 +24,7 @@ from codexproxy.loghistory import day_start, hour_slots, hour_start
 from codexproxy.logstore import LogStore, start_of_today
 from codexproxy.models import Account, Window
 from codexproxy_plugins.accounts import usage as account_usage
-from codexproxy_plugins.admin import rpc, web
+from codexproxy_plugins.admin import charts, rpc, web
 from codexproxy_plugins.admin.methods import all_methods
 
 REPO = Path(__file__).resolve().parent.parent
@@ -259,6 +259,23 @@ def test_account_charts_fall_back_without_the_accounts_plugin(tmp_path):
         application.close()
 
 
+# --- the pictures ---------------------------------------------------------------------------------
+
+def test_chart_geometry_follows_the_numbers():
+    chart = charts.bars("t", "T", ["a", "b", "c"], [("ok", "c-ok", [1, 3, 0]), ("bad", "c-bad", [1, 0, 0])], limit=("cap", 2))
+    assert [t["label"] for t in chart["yticks"]] == ["0", "1", "2", "3", "4", "5"]  # 4 tall at most: the axis goes to 5
+    heights = [(b["tip"], b["h"]) for b in chart["bars"]]
+    unit = (chart["y1"] - chart["y0"]) / 5
+    assert [h for _, h in heights] == [round(unit, 1), round(unit, 1), round(3 * unit, 1)]  # no bar for a zero
+    assert [b["cls"] for b in chart["bars"]] == ["c-ok", "c-bad", "c-bad"]  # b (3) is over the cap of 2: alarm colour
+    assert chart["limits"][0]["y"] == round(chart["y1"] - 2 * unit, 1)
+    assert chart["table"]["rows"] == [["a", "1", "1", "2"], ["b", "3", "0", "3"], ["c", "0", "0", "0"]]
+    line = charts.lines("l", "L", 0, 100, [("u", "c-5h", [(0, 0.0), (50, 50.0), (60, None), (100, 100.0)])])
+    x0, x1, y0, y1 = (float(line[k]) for k in ("x0", "x1", "y0", "y1"))
+    assert line["paths"] == [{"cls": "c-5h", "d": f"M{x0},{y1} L{(x0 + x1) / 2},{(y0 + y1) / 2}"}]  # 0 and 50 joined
+    assert line["dots"] == [{"cls": "c-5h", "cx": x1, "cy": y0}]  # 100 after the break: alone
+
+
 # --- the pages' tables --------------------------------------------------------------------------
 
 def render_page(app, name: str, query: dict | None = None) -> str:
@@ -335,6 +352,9 @@ def test_accounts_page_tables_hold_usage_resets_headroom_and_shares(app):
     values = sorted((r[1], r[2]) for r in usage_rows)
     assert values == sorted([("5h used", "30"), ("5h used", "10"), ("7d used", "20"), ("7d used", "25"), ("5h reset", "—")])
     assert 'class="marker c-5h"' in page
+    # acc1's two 5h points lie either side of a reset (two lone points), acc2 has one: dots, no 5h line
+    figures = [page.split(f'id="chart-usage-{known[a]}"')[1].split("</figure>")[0] for a in ("acc1", "acc2")]
+    assert [f.count('<circle class="dot c-5h"') for f in figures] == [2, 1] and not any('class="line c-5h"' in f for f in figures)
     room = chart_table(page, "headroom")
     assert ("5h left", "0.9") in [(r[1], r[2]) for r in room] and ("7d left", "1.2") in [(r[1], r[2]) for r in room]
     share = re.search(r'<table class="table share" id="share">(.*?)</table>', page, re.S).group(1)

@@ -68,7 +68,7 @@ def _frame(chart_id: str, title: str, desc: str, top: float, unit: str) -> dict[
     x0, x1, y0, y1 = LEFT, WIDTH - RIGHT, TOP, HEIGHT - BOTTOM
     ticks = [{"y": round(y1 - (y1 - y0) * v / top, 1), "label": short(v) + unit} for v in tick_values(top)]
     return {"id": chart_id, "title": title, "desc": desc, "width": WIDTH, "height": HEIGHT,
-            "x0": x0, "x1": x1, "y0": y0, "y1": y1, "yticks": ticks, "xticks": [], "bars": [], "paths": [],
+            "x0": x0, "x1": x1, "y0": y0, "y1": y1, "yticks": ticks, "xticks": [], "bars": [], "paths": [], "dots": [],
             "markers": [], "limits": [], "legend": []}
 
 
@@ -126,18 +126,18 @@ def lines(chart_id: str, title: str, start: float, end: float,
 
     rows: list[list[Any]] = []
     for name, cls, points in series:
-        parts, pen = [], "M"
+        segments: list[list[tuple[float, float]]] = [[]]
         for t, v in points:
-            if v is None or t < start or t > end:
-                pen = "M"
+            if v is None or t < start or t > end:  # a break: the line stops here and starts again after
+                if segments[-1]:
+                    segments.append([])
                 continue
-            parts.append(f"{pen}{x(t)},{y(v)}")
-            pen = "L"
+            segments[-1].append((x(t), y(v)))
             rows.append([t, name, cell(v)])
-        if parts:
-            single = len(parts) == 1  # one point: a dot instead of an invisible line
-            chart["paths"].append({"d": " ".join(parts), "cls": cls, "dot": single, "cx": x(points[-1][0]) if single else 0,
-                                   "cy": y(next(v for _, v in reversed(points) if v is not None)) if single else 0})
+        drawn = [seg for seg in segments if len(seg) > 1]
+        if drawn:
+            chart["paths"].append({"cls": cls, "d": " ".join("M" + " L".join(f"{px},{py}" for px, py in seg) for seg in drawn)})
+        chart["dots"] += [{"cls": cls, "cx": seg[0][0], "cy": seg[0][1]} for seg in segments if len(seg) == 1]  # a lone point
     for t, cls, label in markers:
         if start <= t <= end:
             chart["markers"].append({"x": x(t), "cls": cls, "tip": label})
