@@ -58,10 +58,14 @@ def _labels(buckets: list[dict[str, Any]], hourly: bool) -> tuple[list[str], lis
     return [time.strftime("%a %Y-%m-%d", time.localtime(b["start"])) for b in buckets], [charts.day_label(b["start"]) for b in buckets]
 
 
-def _by_name(buckets: list[dict[str, Any]], field: str, empty: str) -> list[tuple[str, str, list[int]]]:
+def _by_name(buckets: list[dict[str, Any]], field: str, empty: str, colours: dict[str, str]) -> list[tuple[str, str, list[int]]]:
     names = sorted({name for b in buckets for name in b[field]})
-    return [(name, f"c-p{i % PALETTE}", [b[field].get(name, 0) for b in buckets]) for i, name in enumerate(names)] or \
-        [(empty, "c-p0", [0] * len(buckets))]
+    return [(name, colours[name], [b[field].get(name, 0) for b in buckets]) for name in names] or [(empty, "c-p0", [0] * len(buckets))]
+
+
+def _colours(names: set[str]) -> dict[str, str]:
+    """One colour per name on every chart of the page (a reason is the same colour in both)."""
+    return {name: f"c-p{i % PALETTE}" for i, name in enumerate(sorted(names))}
 
 
 def activity_charts(buckets: list[dict[str, Any]], window: str) -> list[dict[str, Any]]:
@@ -70,14 +74,15 @@ def activity_charts(buckets: list[dict[str, Any]], window: str) -> list[dict[str
     hourly = field == "hours"
     labels, ticks = _labels(buckets, hourly)
     common = {"ticks": ticks, "every": 3 if hourly else 1}
+    reasons = _colours({r for b in buckets for field in ("failovers", "cooldowns") for r in b[field]})
     return [
         charts.bars(f"requests-{window}", f"Requests {span}", labels,
                     [("answered", "c-ok", [b["requests"] - b["errors"] for b in buckets]), ("failed", "c-bad", [b["errors"] for b in buckets])],
                     **common),
         charts.bars(f"tokens-{window}", f"Tokens (input + output) {span}", labels, [("tokens", "c-tok", [b["tokens"] for b in buckets])],
                     **common),
-        charts.bars(f"failovers-{window}", f"Failovers by reason {span}", labels, _by_name(buckets, "failovers", "failovers"), **common),
-        charts.bars(f"cooldowns-{window}", f"Cooldowns by reason {span}", labels, _by_name(buckets, "cooldowns", "cooldowns"), **common),
+        charts.bars(f"failovers-{window}", f"Failovers by reason {span}", labels, _by_name(buckets, "failovers", "failovers", reasons), **common),
+        charts.bars(f"cooldowns-{window}", f"Cooldowns by reason {span}", labels, _by_name(buckets, "cooldowns", "cooldowns", reasons), **common),
     ]
 
 
