@@ -47,6 +47,8 @@ ACTIVITY = "codexproxy.activity"  # flow.metadata: monotonic time of the last up
 ERROR_BODY_LIMIT = 64 * 1024  # enough to read a reason; the rest of a huge error is dropped
 HEAD_ANSWER = "codexproxy.head_answer"  # flow.metadata: answer this now, never read the body
 BODY_CAP = "codexproxy.body_cap"  # flow.metadata: (max bytes, the answer once a body exceeds it)
+HOLD = "codexproxy.hold"  # flow.metadata: a watcher; hold a 200 answer back until it says "release"
+STREAM_FAILURE = "codexproxy.stream_failure"  # flow.metadata: the watcher's failure, for the addon
 
 
 @dataclass
@@ -102,7 +104,7 @@ class FailoverHttpStream(HttpStream):
             self.flow.metadata[ACTIVITY] = time.monotonic()  # read by the idle watchdog
         yield from super()._handle_event(event)
 
-    def state_wait_for_response_headers(self, event):
+    def _wait_for_response_headers(self, event):
         yield from super().state_wait_for_response_headers(event)
         if self.flow.metadata.get(RETRY) and self.server_state == self.state_consume_response_body:
             self.server_state = self.state_read_error_body
@@ -121,6 +123,67 @@ class FailoverHttpStream(HttpStream):
             self.response_body_buf.clear()
             yield from self._retry_or_answer()
         yield from ()
+
+    # --- a 200 answer held back until its first output event --------------------------------
+    def start_response_stream(self):
+        if self.flow.metadata.get(HOLD) is not None:
+            yield from self._start_hold(stream=True)
+            return
+        yield from super().start_response_stream()
+
+    def state_wait_for_response_headers(self, event):
+        yield from self._wait_for_response_headers(event)
+        if self.flow.metadata.get(HOLD) is not None and self.server_state == self.state_consume_response_body:
+            yield from self._start_hold(stream=False)  # a buffered client: held the same way
+
+    def _start_hold(self, stream: bool):
+        self._release_to_stream = stream
+        self._held = bytearray()
+        self.server_state = self.state_hold_response_body
+        yield from ()
+
+    def state_hold_response_body(self, event):
+        watch = self.flow.metadata[HOLD]
+        if isinstance(event, ResponseData):
+            self._held += event.data
+            verdict = watch(event.data)
+        elif isinstance(event, ResponseEndOfMessage):
+            verdict = watch(b"", final=True)
+        else:  # trailers: kept for after the body, as mitmproxy does
+            self.flow.response.trailers = event.trailers
+            return
+        if verdict is None:
+            return
+        if verdict == "release":
+            yield from self._release_held()
+            if isinstance(event, ResponseEndOfMessage):
+                yield from self._handle_event(event)
+            return
+        # Failed before any output: like an error answer, before a byte reached the client.
+        # As with an error body, the rest is read to its end first, so that the HTTP/1 client
+        # finishes this exchange before the next one starts (the stream ends right after a
+        # failure event; the idle watchdog covers one that does not).
+        self._held = bytearray()
+        self.flow.metadata[STREAM_FAILURE] = verdict
+        self.server_state = self.state_discard_failed_stream
+        if isinstance(event, ResponseEndOfMessage):
+            yield from self.state_discard_failed_stream(event)
+
+    def state_discard_failed_stream(self, event):
+        if isinstance(event, ResponseEndOfMessage):
+            yield from self._retry_or_answer()
+        yield from ()
+
+    def _release_held(self):
+        self.flow.metadata[HOLD] = None
+        held, self._held = bytes(self._held), bytearray()
+        if self._release_to_stream:
+            yield from super().start_response_stream()
+            if held:
+                yield from self.state_stream_response_body(ResponseData(self.stream_id, held))
+        else:
+            self.server_state = self.state_consume_response_body
+            self.response_body_buf += held
 
     # --- the retry loop ---------------------------------------------------------------------
     def _retry_or_answer(self):
@@ -196,7 +259,11 @@ class FailoverHttpStream(HttpStream):
     # --- failures -----------------------------------------------------------------------------
     def handle_protocol_error(self, event):
         if isinstance(event, ResponseProtocolError) and self.client_state == self.state_done:
-            if self.server_state in (self.state_wait_for_response_headers, self.state_read_error_body, self.state_consume_response_body):
+            if self.server_state == self.state_discard_failed_stream:
+                yield from self._retry_or_answer()  # cut after its failure event: that says why
+                return
+            if self.server_state in (self.state_wait_for_response_headers, self.state_read_error_body,
+                                     self.state_consume_response_body, self.state_hold_response_body):
                 # The server went away before answering: retryable like a connect failure.
                 self.flow.response = None
                 self.flow.metadata["codexproxy.transport_error"] = event.message
@@ -213,9 +280,14 @@ class FailoverHttpStream(HttpStream):
             self.state_stream_response_body,
             self.state_consume_response_body,
             self.state_read_error_body,
+            self.state_hold_response_body,
+            self.state_discard_failed_stream,
         ):
             return
         yield from self._abandon_server_connection()
+        if self.server_state == self.state_discard_failed_stream:
+            yield from self._retry_or_answer()
+            return
         if self.server_state == self.state_stream_response_body:
             yield from self._end_stream_with_error(message)
         else:

@@ -20,7 +20,7 @@ from mitmproxy.proxy import events
 
 from . import failover, wire
 from .exchange import Attempt, Exchange, GatewayError, LocalResponse, Retry, Route
-from .streams import PassthroughTransform, StreamPump
+from .streams import HoldWatch, PassthroughTransform, StreamPump
 from .upstream import stream_cut_error
 
 log = logging.getLogger("codexproxy.proxy")
@@ -103,10 +103,10 @@ class Gateway:
             client_addr=f"{flow.client_conn.peername[0]}" if flow.client_conn.peername else "",
         )
 
-    def _target(self, fallback: bool) -> str:
+    def _target(self, ex: Exchange, fallback: bool) -> str:
         upstream = self.app.config.upstream
         base = upstream.fallback_base_url if fallback and upstream.fallback_base_url else upstream.base_url
-        return base + "/responses"
+        return base + (ex.route.upstream_path if ex.route else "/responses")
 
     def _upstream_headers(self, ex: Exchange, url: str, account: Any, fallback: bool) -> list[tuple[str, str]]:
         """The attempt's request headers (the policy and its named exceptions: wire.py)."""
@@ -137,7 +137,7 @@ class Gateway:
                 headers[name] = own
         if ex.session_id and not any(h in headers for h in wire.SESSION_HEADERS):
             headers["session_id"] = ex.session_id
-        headers["accept"] = "text/event-stream"
+        headers["accept"] = "text/event-stream" if ex.route is None or ex.route.upstream_streams else "application/json"
         headers["content-type"] = "application/json"
         headers["accept-encoding"] = "identity"  # SSE must not come compressed: we parse it
         self.hook.codexproxy_upstream_request(app=self.app, exchange=ex, headers=headers)
@@ -157,7 +157,7 @@ class Gateway:
 
     def _prepare_attempt(self, flow: http.HTTPFlow, ex: Exchange, account: Any, fallback: bool = False) -> None:
         """Point the flow at the upstream with this account's credentials."""
-        url = self._target(fallback)
+        url = self._target(ex, fallback)
         ex.account = account
         ex.attempts.append(Attempt(account_id=getattr(account, "id", None), url=url))
         headers = self._upstream_headers(ex, url, account, fallback)
@@ -278,11 +278,19 @@ class Gateway:
                 flow.metadata[failover.RETRY] = True
                 return
             attempt.finish()
+            if not ex.route.upstream_streams:  # one JSON answer (compaction): as it came
+                ex.status, ex.completed = resp.status_code, True
+                self._set_client_headers(resp, dict(attempt.headers))
+                return
             transform = self.hook.codexproxy_response_transform(app=self.app, exchange=ex) or PassthroughTransform()
             status, headers = transform.start(resp.status_code, dict(attempt.headers))
             ex.status = status
             resp.status_code = status
             self._set_client_headers(resp, headers)
+            # Held back until the first output event: a 200 that fails before any output is
+            # failed over like an error answer (failover.py, streams.HoldWatch).
+            is_sse = attempt.headers.get("content-type", "").startswith("text/event-stream")
+            flow.metadata[failover.HOLD] = HoldWatch() if is_sse else None
             if ex.client_stream:
                 resp.headers["transfer-encoding"] = "chunked"
                 resp.headers.pop("content-length", None)
@@ -308,9 +316,13 @@ class Gateway:
             transport_error = flow.metadata.pop("codexproxy.transport_error", None)
             if transport_error and (timeout := flow.metadata.pop(CONNECT_TIMEOUT, None)):
                 transport_error = f"connect timeout: no connection within {timeout:g}s"
+            failure: GatewayError | None = flow.metadata.pop(failover.STREAM_FAILURE, None)
+            flow.metadata.pop("codexproxy.transform", None)  # a failed attempt's converter is done
             if transport_error:
                 attempt.error = transport_error
                 attempt.status = None
+            elif failure is not None:
+                self._as_error_answer(attempt, failure)
             elif flow.response is not None:
                 attempt.body = flow.response.raw_content or b""
             attempt.finish()
@@ -335,12 +347,24 @@ class Gateway:
         if flow.response is not None:
             ex.status = flow.response.status_code
 
+    @staticmethod
+    def _as_error_answer(attempt: Attempt, failure: GatewayError) -> None:
+        """A stream that failed before any output, recorded as the error answer it amounts to
+        (429 for limits, 503 overloaded, 502 cut) so routing decides as for any other."""
+        attempt.status = failure.status
+        attempt.error = f"stream failed before any output: {failure.code or failure.message}"
+        error = {"type": failure.code or failure.type, "code": failure.code, "message": failure.message, **failure.details}
+        if "retry-after" in failure.headers:
+            attempt.headers["retry-after"] = failure.headers["retry-after"]
+            error.setdefault("resets_in_seconds", int(failure.headers["retry-after"]))
+        attempt.body = json.dumps({"error": error}).encode()
+
     def _pass_error_through(self, flow: http.HTTPFlow, ex: Exchange, attempt: Attempt) -> None:
         payload = attempt.json_body()
         error = payload.get("error") if isinstance(payload, dict) else None
         message = (error.get("message") if isinstance(error, dict) else None) or (payload.get("detail") if isinstance(payload, dict) else None)
         ex.error = f"upstream {attempt.status}: {message or attempt.body[:200].decode('utf-8', 'replace')}"
-        if ex.protocol == "responses" and payload is not None:
+        if ex.protocol in ("responses", "compact") and payload is not None:
             resp = http.Response.make(attempt.status or 502, attempt.body, {"content-type": "application/json"})
             for name in ("retry-after",):
                 if name in attempt.headers:

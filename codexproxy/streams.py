@@ -10,7 +10,8 @@ from mitmproxy import http
 
 from . import sse
 from .exchange import Exchange, GatewayError, Usage
-from .upstream import TERMINAL_FAILED, TERMINAL_OK, gateway_error_from_event, stream_cut_error
+from .upstream import (ACCOUNT_FAILURE_CODES, PRELUDE_EVENTS, TERMINAL_FAILED, TERMINAL_OK, gateway_error_from_event,
+                       stream_cut_error)
 
 log = logging.getLogger("codexproxy.proxy")
 
@@ -108,3 +109,35 @@ class PassthroughTransform:
         self.ended = True
         return sse.encode("response.failed", {"type": "response.failed", "response": {
             "status": "failed", "error": {"code": error.code, "message": error.message}}})
+
+
+class HoldWatch:
+    """Reads the first events of an HTTP 200 stream, which the failover stream holds back
+    until this says: "release" (the first output event, or any event a client needs), or a
+    GatewayError (the stream failed before any output, for a reason that is the account's:
+    it is failed over like an HTTP 429/5xx, and the client never sees the held events).
+
+    The backend often answers 200 and then `response.failed` (server_is_overloaded,
+    usage_limit_reached ...) or a bare `error` before any output; looking only at the HTTP
+    status would keep sending users to such an account.
+    """
+
+    MAX_HELD = 256 * 1024  # a prelude is small; past this, whatever it is goes to the client
+
+    def __init__(self) -> None:
+        self.parser = sse.SSEParser()
+        self.held = 0
+
+    def __call__(self, chunk: bytes, final: bool = False) -> str | GatewayError | None:
+        events_ = self.parser.feed(chunk) + (self.parser.flush() if final else [])
+        for event in events_:
+            kind = event.type
+            if kind in TERMINAL_FAILED:
+                error = gateway_error_from_event(event)
+                return error if (error.code in ACCOUNT_FAILURE_CODES or (kind == "error" and error.code is None)) else "release"
+            if kind not in PRELUDE_EVENTS:
+                return "release"
+        self.held += len(chunk)
+        if final:
+            return stream_cut_error()  # ended (or was cut) with nothing but a prelude
+        return "release" if self.held > self.MAX_HELD else None

@@ -18,6 +18,16 @@ STATUS_BY_CODE = {"context_length_exceeded": 400, "invalid_prompt": 400, "insuff
                   "server_is_overloaded": 503}
 
 
+# Failures that say "this account, not this request": a stream that ends with one of these
+# before any output is failed over exactly like an HTTP 429/5xx. Anything else (a context
+# that is too long, an invalid prompt) is the request's fault and goes to the client.
+ACCOUNT_FAILURE_CODES = frozenset({"server_is_overloaded", "rate_limit_exceeded", "usage_limit_reached",
+                                   "insufficient_quota", "usage_not_included", "server_error", "internal_error"})
+# Events that may come before a stream's first output: held back, and dropped with a failure.
+PRELUDE_EVENTS = frozenset({"response.created", "response.in_progress", "codex.rate_limits",
+                            "codex.response.metadata"})
+
+
 def error_status_for_code(code: str | None) -> int:
     """The HTTP status a client should see for a `response.failed` error code."""
     return STATUS_BY_CODE.get(code or "", 502)
