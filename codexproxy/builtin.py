@@ -12,6 +12,7 @@ from . import __version__, hookimpl, wire
 from .exchange import GatewayError, LocalResponse, Route
 
 RESPONSES_PATHS = ("/v1/responses", "/backend-api/codex/responses", "/responses")
+COMPACT_PATHS = tuple(path + "/compact" for path in RESPONSES_PATHS)
 
 
 def health(app, exchange) -> LocalResponse:
@@ -41,6 +42,14 @@ def codexproxy_route(app, exchange):
         if exchange.method not in ("GET", "HEAD"):
             raise GatewayError(405, f"{exchange.method} is not allowed on {exchange.path}; use GET.", code="method_not_allowed")
         return Route(kind="local", protocol="none", needs_key=False, handler=health, name="health")
+    if exchange.path in COMPACT_PATHS:
+        # Remote compaction (Codex between its first remote-compaction release and v2, and
+        # peers' clients): a JSON request and a JSON answer, both passed through unchanged
+        # (the encrypted compaction item must survive), on a pool account with failover.
+        if exchange.method != "POST":
+            raise GatewayError(405, f"{exchange.method} is not allowed on {exchange.path}; use POST.", code="method_not_allowed")
+        return Route(kind="upstream", protocol="compact", name="compact", upstream_path="/responses/compact",
+                     upstream_streams=False)
     if exchange.path in RESPONSES_PATHS:
         if exchange.method != "POST":
             raise GatewayError(405, f"{exchange.method} is not allowed on {exchange.path}; use POST.", code="method_not_allowed")

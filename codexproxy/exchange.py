@@ -80,6 +80,8 @@ class Route:
     `protocol` names the client protocol ("responses", "chat", "completions", "anthropic",
     or "none") so errors are rendered the way the client expects.
     `needs_key`: the platform-key check (`codexproxy_authenticate`) runs first.
+    `upstream_path`: appended to the upstream base URL; `upstream_streams`: the upstream
+    answers with an SSE stream (False: one JSON answer, passed through as it is).
     """
 
     kind: str
@@ -87,6 +89,8 @@ class Route:
     needs_key: bool = True
     handler: Callable[..., LocalResponse] | None = None
     name: str = ""
+    upstream_path: str = "/responses"
+    upstream_streams: bool = True
 
 
 @dataclass

@@ -684,6 +684,7 @@ class FakeUpstream(_ServerBase):
 
     def _dispatch(self, h: _BaseHandler) -> None:
         route = {("POST", "/backend-api/codex/responses"): self._responses,
+                 ("POST", "/backend-api/codex/responses/compact"): self._compact,
                  ("GET", "/backend-api/codex/models"): self._models,
                  ("GET", "/backend-api/wham/usage"): self._usage,
                  ("GET", "/oauth/authorize"): self._authorize,
@@ -697,7 +698,8 @@ class FakeUpstream(_ServerBase):
         with self._lock:
             h.token_account = self._access.get(token)
             h.token_expired = token in self._expired
-        into = {self._responses: self.requests, self._fallback_responses: self.fallback_requests}.get(route)
+        into = {self._responses: self.requests, self._compact: self.requests,
+                self._fallback_responses: self.fallback_requests}.get(route)
         self._record(h, h.token_account, into)
         if h.body_error:
             status, message = h.body_error
@@ -732,6 +734,27 @@ class FakeUpstream(_ServerBase):
             return h.send(400, {"detail": "Stream must be set to true"}, headers=self.usage_headers(acct))
         self._run(h, acct, self.next_behaviour(acct.account_id), body)
 
+    def _compact(self, h: _BaseHandler) -> None:
+        """Remote compaction (REFERENCE §1): a JSON request, one JSON answer whose output ends
+        with a `compaction` item carrying encrypted content. Error behaviours answer as on
+        /responses; any stream behaviour compacts."""
+        acct = self._auth(h, True)
+        if acct is None:
+            return
+        body = h.json_body()
+        if not isinstance(body, dict) or not isinstance(body.get("input"), list):
+            return h.send(400, {"error": {"message": "'input' must be a list", "type": "invalid_request_error"}})
+        beh = self.next_behaviour(acct.account_id)
+        headers = {**self.usage_headers(acct), **beh.params.get("headers", {})}
+        if beh.kind not in _STREAM_KINDS:
+            if beh.kind == "hang":
+                return self._run(h, acct, beh, body)
+            status, ctype, payload, extra = self._error_answer(beh.kind, beh.params)
+            return h.send(status, payload, ctype, {**headers, **extra})
+        kept = [item for item in body["input"] if isinstance(item, dict) and item.get("role") == "user"][-1:]
+        summary = "enc_compaction_" + hashlib.sha256(json.dumps(body["input"]).encode()).hexdigest()[:32]
+        h.send(200, {"output": kept + [{"type": "compaction", "encrypted_content": summary}]}, headers=headers)
+
     def _fallback_responses(self, h: _BaseHandler) -> None:
         """An API-key Responses endpoint (api.openai.com style): no accounts, no x-codex-* headers,
         and `stream` may be false (then the final response object comes as one JSON answer)."""
@@ -751,6 +774,9 @@ class FakeUpstream(_ServerBase):
         if p.get("first_delay") and self._stopping.wait(p["first_delay"]):
             return h.abort()
         headers = {**(self.usage_headers(acct) if acct else {}), **p.get("headers", {})}
+        if acct is not None:
+            # The upstream's own affinity token (REFERENCE §1): meaningful only to this account.
+            headers.setdefault("x-codex-turn-state", f"ts_{acct.account_id[:8]}_{secrets.token_hex(6)}")
         if kind == "hang":  # until stop(), reset() or `seconds`; then close without an answer
             release, until = self._release, time.monotonic() + (p.get("seconds") or 1e9)
             while not release.is_set() and time.monotonic() < until and not self._stopping.wait(0.05):

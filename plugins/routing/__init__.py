@@ -1,7 +1,9 @@
 """routing: which account serves a request, and what to do when it fails.
 
 Strategies: ordered (sort order), balanced (round-robin start per key+model), least_used (most
-remaining quota). Sticky sessions keep a conversation on its account for prompt-cache hits.
+remaining quota), reset_first (the account whose 5-hour window resets soonest while it has
+room: quota that would expire unused is spent first). A conversation stays bound to its account
+(affinity.py: in the store, across restarts) for prompt-cache hits, and moves only on failover.
 Failures before the first byte follow the table in docs (cooldowns honour reset times); the
 core re-sends and the retried answer still streams.
 Turned off, the client's own credentials go upstream unchanged.
@@ -22,6 +24,8 @@ from codexproxy import hookimpl
 from codexproxy.config import PluginConfig
 from codexproxy.exchange import GatewayError, Retry
 
+from . import affinity
+
 log = logging.getLogger("codexproxy.routing")
 
 COOL_5XX = (30.0, 60.0)
@@ -30,8 +34,9 @@ COOL_MAX = 30 * 60.0
 
 
 class RoutingConfig(PluginConfig):
-    strategy: Literal["ordered", "balanced", "least_used"] = "ordered"
-    sticky_ttl_s: float = Field(3600.0, ge=0)
+    strategy: Literal["ordered", "balanced", "least_used", "reset_first"] = "ordered"
+    sticky_ttl_s: float = Field(3600.0, ge=0)  # how long a conversation stays bound to its account
+    max_bindings: int = Field(5000, ge=10)  # conversation bindings kept in the store, at most
     max_attempts: int = Field(3, ge=1, le=10)
 
 
@@ -41,11 +46,10 @@ def codexproxy_config_model():
 
 
 class Router:
-    """In-memory routing state of this process (sticky map, round-robin cursors, inflight)."""
+    """In-memory routing state of this process (round-robin cursors, inflight)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.sticky: dict[str, tuple[str, float]] = {}
         self.cursors: dict[tuple, itertools.count] = {}
         self.inflight: dict[str, int] = {}
         self.stats: dict[str, int] = {}  # failovers and cooldowns by reason, for metrics
@@ -66,6 +70,16 @@ def _remaining(account) -> tuple:
     return (primary, secondary, reset)
 
 
+def _reset_first(account) -> tuple:
+    """Spend quota before it expires: accounts whose 5-hour window still has room come
+    first, the one that resets soonest first; accounts with no window known yet, or no
+    room, follow in least-used order."""
+    window = account.primary
+    if window is not None and window.reset_at and window.used_percent < 100:
+        return (0, window.reset_at, window.used_percent)
+    return (1, *_remaining(account))
+
+
 def candidates(app, exchange) -> list:
     """Accounts that may serve this request now, in strategy order (tried ones excluded)."""
     cfg = app.plugin_config("routing")
@@ -78,6 +92,8 @@ def candidates(app, exchange) -> list:
         pool = [a for a in pool if a.group == key.group]
     if cfg.strategy == "least_used":
         pool.sort(key=_remaining)
+    elif cfg.strategy == "reset_first":
+        pool.sort(key=_reset_first)
     elif cfg.strategy == "balanced" and pool:
         router = _router(app)
         slot = (getattr(key, "id", None), exchange.model)
@@ -146,13 +162,9 @@ def _pick(app, exchange, pool: list):
 @hookimpl
 def codexproxy_select_account(app, exchange):
     cfg = app.plugin_config("routing")
-    router = _router(app)
     pool = candidates(app, exchange)
-    if cfg.sticky_ttl_s and exchange.session_id:
-        with router.lock:
-            owner = router.sticky.get(exchange.session_id)
-        if owner and owner[1] > time.time():
-            pool.sort(key=lambda a: a.id != owner[0])  # stable: the owner first, then the strategy's order
+    if cfg.sticky_ttl_s and (owner := _bindings(app).owner_of(exchange)):
+        pool.sort(key=lambda a: a.id != owner)  # stable: the owner first, then the strategy's order
     if not pool:
         raise _no_account_error(app, exchange)
     account = _pick(app, exchange, pool)
@@ -163,12 +175,31 @@ def codexproxy_select_account(app, exchange):
     return account
 
 
+def _bindings(app) -> affinity.Bindings:
+    return app.plugin_state("routing.affinity", lambda: affinity.Bindings(app))
+
+
 def _stick(app, exchange, account) -> None:
-    ttl = app.plugin_config("routing").sticky_ttl_s
-    if ttl and exchange.session_id:
-        router = _router(app)
-        with router.lock:
-            router.sticky[exchange.session_id] = (account.id, time.time() + ttl)
+    """The conversation goes on on this account (after a failover too: it moved)."""
+    cfg = app.plugin_config("routing")
+    if cfg.sticky_ttl_s and exchange.session_id:
+        _bindings(app).bind(["session:" + exchange.session_id], account.id, cfg.sticky_ttl_s, cfg.max_bindings)
+
+
+@hookimpl
+def codexproxy_upstream_request(app, exchange, headers):
+    """A turn-state goes back only to the account that issued it: to any other it is
+    meaningless at best (after a failover, the conversation starts over there)."""
+    if exchange is None or affinity.TURN_STATE not in headers:
+        return
+    owner = _bindings(app).owner("turn-state:" + headers[affinity.TURN_STATE])
+    if exchange.account is None or owner != exchange.account.id:
+        del headers[affinity.TURN_STATE]
+
+
+@hookimpl
+def codexproxy_shutdown(app):
+    _bindings(app).flush()
 
 
 def _release(app, exchange) -> None:
@@ -320,9 +351,14 @@ def codexproxy_upstream_failed(app, exchange, attempt):
 
 @hookimpl
 def codexproxy_upstream_response(app, exchange, attempt):
-    """A success ends a cooldown streak (the exponential back-off starts over)."""
+    """A success ends a cooldown streak (the exponential back-off starts over), and a
+    turn-state the upstream issues belongs to the account that answered."""
     if attempt.status and attempt.status < 400 and exchange.account is not None and exchange.account.cooldown_level:
         app.accounts.update(exchange.account.id, cooldown_level=0)
+    cfg = app.plugin_config("routing")
+    turn_state = attempt.headers.get(affinity.TURN_STATE)
+    if turn_state and attempt.account_id and cfg.sticky_ttl_s:
+        _bindings(app).bind(["turn-state:" + turn_state], attempt.account_id, cfg.sticky_ttl_s, cfg.max_bindings)
 
 
 @hookimpl
