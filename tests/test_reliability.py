@@ -28,6 +28,8 @@ import time
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from codexproxy.logstore import LogStore
 from codexproxy.store import AccountRepo, KeyRepo, Store
@@ -63,6 +65,9 @@ BAD_BODIES = {
     "nul bytes only": b"\x00" * 64,
     "binary garbage": bytes(range(256)) * 4,
     "deeply nested": b"[" * 100_000 + b"]" * 100_000,  # over the limit on purpose too: 413, never a RecursionError
+    "deeply nested under the limit": b"[" * 30_000 + b"]" * 30_000,
+    "deeply nested object under the limit": b'{"model": "gpt-5", "input": ' + b'{"a":' * 10_000 + b"1" + b"}" * 10_000 + b"}",
+    "lone surrogate": b'{"input": "\\ud800 x"}',
 }
 
 WRONG_TYPES = {  # route -> bodies of the right shape with wrong types or values
@@ -80,6 +85,19 @@ WRONG_TYPES = {  # route -> bodies of the right shape with wrong types or values
                      {"model": "gpt-5", "max_tokens": 10, "messages": [{"role": "wizard", "content": "hi"}]},
                      {"model": 5, "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}],
     "/v1/messages/count_tokens": [{"model": "gpt-5", "messages": "hi"}, {"messages": None}],
+}
+
+LONE = "\ud800 x"  # a lone UTF-16 surrogate: legal JSON escape, not Unicode; UTF-8 cannot carry it
+SURROGATE_BODIES = {  # route -> well-formed requests with a lone surrogate where text goes
+    "/v1/responses": [{"model": "gpt-5", "input": LONE}, {"model": "gpt-5", "input": "hi", "instructions": LONE},
+                      {"model": "gpt-5", "input": [{"role": "user", "content": [{"type": "input_text", "text": LONE}]}]}],
+    "/backend-api/codex/responses": [{"model": "gpt-5", "input": LONE, "stream": True}],
+    "/v1/chat/completions": [{"model": "gpt-5", "messages": [{"role": "user", "content": LONE}]},
+                             {"model": "gpt-5", "messages": [{"role": "system", "content": LONE}, {"role": "user", "content": "hi"}]}],
+    "/v1/completions": [{"model": "gpt-5", "prompt": LONE}],
+    "/v1/messages": [{"model": "gpt-5", "max_tokens": 10, "messages": [{"role": "user", "content": LONE}]},
+                     {"model": "gpt-5", "max_tokens": 10, "system": LONE, "messages": [{"role": "user", "content": "hi"}]}],
+    "/v1/messages/count_tokens": [{"model": "gpt-5", "messages": [{"role": "user", "content": LONE}]}],
 }
 
 
@@ -248,6 +266,60 @@ def test_wrong_types_get_a_400_naming_the_problem(pool, fake, route):
     serves_normally(pool)
 
 
+@pytest.mark.parametrize("route", list(SURROGATE_BODIES))
+def test_lone_surrogates_get_a_400_never_a_500(pool, fake, route):
+    with pool.client() as client:
+        for body in SURROGATE_BODIES[route]:
+            # json.dumps escapes the surrogate as \\ud800 (ASCII), as a client's JSON library would.
+            r = client.post(route, content=json.dumps(body).encode(), headers={**auth_for(pool, route), "content-type": "application/json"})
+            if route.endswith("count_tokens") and r.status_code == 200:
+                continue  # counted locally: nothing has to carry it as UTF-8
+            assert_client_error(r, POST_ROUTES[route], f"{route} with {json.dumps(body)[:80]}", (400,))
+    assert not fake.requests
+    serves_normally(pool)
+
+
+@pytest.mark.xfail(strict=True, reason="the request log cannot store a row whose model holds a lone surrogate: "
+                                       "codexproxy/logstore.py LogStore.append encodes ensure_ascii=False JSON as strict UTF-8 "
+                                       "(the client gets its 400; the row is lost and a traceback logged)")
+def test_a_lone_surrogate_as_the_model_is_answered_and_logged(make_proxy, fake):
+    proxy = make_proxy()
+    for route in ("/v1/responses", "/v1/chat/completions", "/v1/messages"):
+        body = {"model": LONE, "input": "hi", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+        r = httpx.post(proxy.url + route, content=json.dumps(body).encode(), timeout=30,
+                       headers={**auth_for(proxy, route), "content-type": "application/json"})
+        assert 400 <= r.status_code < 500, f"{route}: {r.status_code} {r.text[:200]}"
+    proxy.allow_log_errors = True  # what the xfail is about: asserted here instead
+    wait_for_rows(proxy, 3)
+    no_traceback(proxy.log_text(), "the proxy's output")
+    assert len(log_rows(proxy)) == 3
+
+
+def rpc_client(proxy: Proxy) -> httpx.Client:
+    """The admin API from its own loopback address: other tests here guess wrong tokens from
+    127.0.0.1 on purpose, and guesses are limited per address."""
+    return httpx.Client(base_url=proxy.url, timeout=30, transport=httpx.HTTPTransport(local_address="127.0.0.3"),
+                        headers={"authorization": f"Bearer {proxy.admin_token}", "content-type": "application/json"})
+
+
+def test_rpc_bad_bodies_get_a_json_rpc_error_never_a_500(pool, fake):
+    bodies = dict(BAD_BODIES)
+    bodies["lone surrogate in a call"] = b'{"jsonrpc": "2.0", "id": 1, "method": "keys.create", "params": {"name": "\\ud800 x"}}'
+    bodies["lone surrogate as the method"] = b'{"jsonrpc": "2.0", "id": 1, "method": "\\udfff"}'
+    bodies["lone surrogate in a batch"] = b'[{"jsonrpc": "2.0", "id": 1, "method": "keys.list", "params": {"x": "\\ud800"}}]'
+    with rpc_client(pool) as client:
+        for name, body in bodies.items():
+            r = client.post("/rpc", content=body)
+            assert 400 <= r.status_code < 500 or (r.status_code == 204 and not body.strip(b"[]")), f"/rpc with {name}: {r.status_code} {r.text[:200]}"
+            no_traceback(r.text, f"/rpc with {name}")
+            if r.status_code != 413:
+                answer = r.json()
+                answer = answer[0] if isinstance(answer, list) else answer
+                assert answer.get("jsonrpc") == "2.0" and answer["error"]["message"], f"/rpc with {name}: {answer}"
+        assert client.post("/rpc", json={"jsonrpc": "2.0", "id": 1, "method": "health"}).status_code == 200
+    assert not [k for k in pool.cli_json("keys", "list") if "\ud800" in k["name"] or "x" == k["name"].strip()]
+
+
 def test_unknown_routes_and_wrong_methods(pool, fake):
     with pool.client() as client:
         for path in ("/nope", "/v1/nope", "/v2/chat/completions", "/v1/responses/extra/deep", "/%00", "/v1/models/../../etc/passwd",
@@ -285,21 +357,21 @@ def test_local_and_admin_routes_never_answer_5xx(pool, fake):
 
 
 MALFORMED_REQUESTS = {
-    "space in a header name": b"GET /health HTTP/1.1\r\nHost: x\r\nBad Header: x\r\n\r\n",
-    "header line without colon": b"GET /health HTTP/1.1\r\nHost: x\r\nnocolon\r\n\r\n",
-    "bad content-length": b"POST /v1/responses HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n{}",
-    "two content-lengths": b"POST /v1/responses HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 7\r\n\r\n{}",
-    "negative content-length": b"POST /v1/responses HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n{}",
-    "transfer-encoding and content-length": b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n",
-    "bad chunk size": b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\nabc\r\n0\r\n\r\n",
-    "unknown transfer-encoding": b"POST /v1/responses HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n{}",
+    "space in a header name": b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nBad Header: x\r\n\r\n",
+    "header line without colon": b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nnocolon\r\n\r\n",
+    "bad content-length": b"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: abc\r\n\r\n{}",
+    "two content-lengths": b"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\nContent-Length: 7\r\n\r\n{}",
+    "negative content-length": b"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: -5\r\n\r\n{}",
+    "transfer-encoding and content-length": b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n",
+    "bad chunk size": b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\nabc\r\n0\r\n\r\n",
+    "unknown transfer-encoding": b"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: gzip\r\n\r\n{}",
     "garbage request line": b"\x00\x01\x02garbage\xff\xfe\r\n\r\n",
     "only a method": b"GET\r\n\r\n",
     "http/0.9": b"GET /health\r\n\r\n",
-    "bad version": b"GET /health HTTP/7.7\r\nHost: x\r\n\r\n",
-    "header folding": b"GET /health HTTP/1.1\r\nHost: x\r\nX-A: a\r\n  folded\r\n\r\n",
-    "control bytes in a header": b"GET /health HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\x07c\r\n\r\n",
-    "bare LF line endings": b"GET /health HTTP/1.1\nHost: x\n\n",
+    "bad version": b"GET /health HTTP/7.7\r\nHost: 127.0.0.1\r\n\r\n",
+    "header folding": b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: a\r\n  folded\r\n\r\n",
+    "control bytes in a header": b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: a\x00b\x07c\r\n\r\n",
+    "bare LF line endings": b"GET /health HTTP/1.1\nHost: 127.0.0.1\n\n",
     "an http/2 preface": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
 }
 
@@ -318,7 +390,7 @@ def test_malformed_http_never_gets_a_5xx(pool, fake):
 def test_non_ascii_and_large_headers_on_a_gateway_request(pool, fake):
     key = pool.key
     # A non-ASCII value in an extra header: served, and the header is not sent upstream.
-    raw = raw_exchange(pool, b"POST /v1/responses HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + key.encode() +
+    raw = raw_exchange(pool, b"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " + key.encode() +
                        b"\r\nX-Note: caf\xc3\xa9 \xff\r\nContent-Type: application/json\r\nContent-Length: " +
                        str(len(json.dumps(RESPONSES_BODY))).encode() + b"\r\n\r\n" + json.dumps(RESPONSES_BODY).encode(), wait=10)
     assert status_of(raw) == 200, raw[:300]
@@ -336,7 +408,7 @@ def test_non_ascii_and_large_headers_on_a_gateway_request(pool, fake):
 
 
 def test_oversized_headers_are_refused(pool, fake):
-    raw = raw_exchange(pool, b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (1 << 20) + b"\r\n\r\n", wait=10)
+    raw = raw_exchange(pool, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * (1 << 20) + b"\r\n\r\n", wait=10)
     assert status_of(raw) in (400, 413, 431), raw[:200]
 
 
@@ -354,7 +426,7 @@ def test_garbage_bytes_and_a_tls_hello_on_the_plain_port(pool, fake):
     with socket.create_connection((host, int(port)), timeout=5) as s:
         try:
             with ctx.wrap_socket(s, server_hostname="localhost") as tls:
-                tls.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                tls.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
                 answer = tls.recv(4096)
                 assert status_of(answer) is None or status_of(answer) < 500
         except (ssl.SSLError, ConnectionResetError, socket.timeout, OSError):
@@ -374,9 +446,9 @@ def test_slowloris_half_requests_do_not_block_others(pool, fake):
         for i in range(120):
             s = socket.create_connection((host, int(port)), timeout=5)
             if i % 3 == 0:
-                s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # headers never finished
+                s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")  # headers never finished
             elif i % 3 == 1:
-                s.sendall(b"POST /v1/responses HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{\"model\"")  # body never finished
+                s.sendall(b"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n\r\n{\"model\"")  # body never finished
             held.append(s)  # i % 3 == 2: connected, silent
         for s in held[::3]:
             s.sendall(b"a")  # a byte now and then
@@ -685,5 +757,105 @@ def test_the_http_servers_own_errors_are_json_without_a_version(pool, fake):
     assert status_of(raw) == 400
     assert b"application/json" in head.lower() and b"mitmproxy" not in raw.lower()
     assert "error" in json.loads(body)
-    big = raw_exchange(pool, b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 200_000 + b"\r\n\r\n", wait=5)
+    big = raw_exchange(pool, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 200_000 + b"\r\n\r\n", wait=5)
     assert status_of(big) == 431 and b"larger than" in big
+
+
+# --- generated JSON on every route ----------------------------------------------------------------
+
+# Text from every Unicode category, lone surrogates included (hypothesis leaves them out by default).
+TEXT = st.text(alphabet=st.characters(exclude_categories=()) | st.sampled_from(["\ud800", "\udfff", "\x00", "\u2028"]), max_size=12)
+SCALARS = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | TEXT
+ANY_JSON = st.recursive(SCALARS, lambda kids: st.lists(kids, max_size=3) | st.dictionaries(TEXT, kids, max_size=3), max_leaves=10)
+
+
+def mostly(good: st.SearchStrategy) -> st.SearchStrategy:
+    """Three times in four a plausible value, else any JSON at all: most generated requests get
+    past the first check and reach the adapters and the upstream, the rest probe the checks."""
+    return st.one_of(good, good, good, ANY_JSON)
+
+
+def request(required: dict, optional: dict) -> st.SearchStrategy:
+    """An object with the `required` fields (mostly plausible), some `optional` ones, and
+    sometimes a stray key."""
+    fields = st.fixed_dictionaries({k: mostly(v) for k, v in required.items()}, optional={k: mostly(v) for k, v in optional.items()})
+    return st.builds(lambda known, extra: {**extra, **known}, fields, st.dictionaries(TEXT, ANY_JSON, max_size=1))
+
+
+MODEL = st.sampled_from(["gpt-5", "gpt-5(high)", "gpt-5-codex", "gpt-5(nonsense)", "claude-x"]) | TEXT
+PART = st.fixed_dictionaries({"type": st.sampled_from(["text", "input_text", "output_text", "image_url", "tool_use", "tool_result"])},
+                             optional={"text": mostly(TEXT), "id": TEXT, "name": TEXT, "input": ANY_JSON, "content": ANY_JSON,
+                                       "tool_use_id": TEXT, "image_url": ANY_JSON})
+CONTENT = TEXT | st.lists(PART, min_size=1, max_size=2)
+ROLE = st.sampled_from(["user", "user", "assistant", "system", "developer", "tool"])
+MESSAGE = request({"role": ROLE, "content": CONTENT}, {"name": TEXT, "tool_call_id": TEXT, "tool_calls": ANY_JSON})
+MESSAGES = st.lists(MESSAGE, min_size=1, max_size=3)
+TOOL = request({"type": st.sampled_from(["function", "custom"])},
+               {"name": TEXT, "description": TEXT, "function": request({"name": TEXT}, {"parameters": ANY_JSON}),
+                "input_schema": ANY_JSON, "parameters": ANY_JSON})
+TOOLS = st.lists(TOOL, max_size=2)
+STREAM = st.booleans()
+ROUTE_BODIES = {
+    "/v1/responses": request({"model": MODEL, "input": TEXT | MESSAGES},
+                             {"instructions": TEXT, "stream": STREAM, "tools": TOOLS, "prompt_cache_key": TEXT, "store": st.booleans(),
+                              "reasoning": request({}, {"effort": st.sampled_from(["low", "high", "xhigh"]) | TEXT})}),
+    "/v1/chat/completions": request({"model": MODEL, "messages": MESSAGES},
+                                    {"stream": STREAM, "tools": TOOLS, "tool_choice": st.sampled_from(["auto", "none", "required"]) | TEXT,
+                                     "max_tokens": st.integers(-1, 100), "reasoning_effort": TEXT, "n": st.integers(0, 3),
+                                     "stream_options": request({}, {"include_usage": st.booleans()}),
+                                     "response_format": request({"type": st.sampled_from(["text", "json_object", "json_schema"])},
+                                                                {"json_schema": ANY_JSON})}),
+    "/v1/completions": request({"model": MODEL, "prompt": TEXT | st.lists(TEXT, max_size=2)},
+                               {"stream": STREAM, "max_tokens": st.integers(-1, 100), "suffix": TEXT}),
+    "/v1/messages": request({"model": MODEL, "max_tokens": st.integers(-1, 100), "messages": MESSAGES},
+                            {"system": CONTENT, "stream": STREAM, "tools": TOOLS, "tool_choice": request({"type": TEXT}, {}),
+                             "thinking": request({"type": st.sampled_from(["enabled", "disabled"])}, {"budget_tokens": st.integers(-1, 5000)}),
+                             "metadata": ANY_JSON}),
+    "/v1/messages/count_tokens": request({"model": MODEL, "messages": MESSAGES}, {"system": CONTENT, "tools": TOOLS}),
+}
+# Admin methods that cannot take the proxy's own account or key away (then 503 would be right).
+FUZZ_RPC_METHODS = ["health", "keys.list", "keys.get", "keys.create", "logs.query", "usage.history", "plugins.list", "jobs.list",
+                    "accounts.list", "accounts.show", "usage.get", "login.status", "login.complete"]
+RPC_PARAMS = st.dictionaries(st.sampled_from(["id", "name", "model", "effort", "expires", "rpm", "query", "limit", "offset", "days",
+                                              "group", "url"]), ANY_JSON | TEXT, min_size=1, max_size=3)
+RPC_CALL = request({"jsonrpc": st.just("2.0"), "method": st.sampled_from(FUZZ_RPC_METHODS), "params": RPC_PARAMS}, {"id": st.integers() | TEXT})
+ROUTE_BODIES["/rpc"] = st.one_of(RPC_CALL, RPC_CALL, RPC_CALL, st.lists(RPC_CALL, min_size=1, max_size=3), ANY_JSON)
+FUZZ_EXAMPLES = int(os.environ.get("CODEXPROXY_FUZZ_EXAMPLES", "60"))
+
+
+@pytest.fixture(scope="module")
+def fuzz_proxy(fake_server, tmp_path_factory):
+    """A proxy of its own for generated input (one account, one key): nothing here can disturb
+    the fault tests, and their wrong-token guesses cannot lock /rpc."""
+    tmp = tmp_path_factory.mktemp("fuzz")
+    proxy = Proxy(tmp / "proxy", base_config(tmp, fake_server))
+    acct = fake_server.add_account()
+    folder = proxy.dir / "auth" / acct.account_id
+    folder.mkdir(parents=True)
+    fake_server.write_auth_json(acct, str(folder))
+    proxy.cli("accounts", "import", str(folder), check=True)
+    proxy.key = proxy.create_key()
+    proxy.start()
+    yield proxy
+    proxy.stop()
+
+
+@pytest.mark.parametrize("route", list(ROUTE_BODIES))
+def test_generated_json_never_gets_a_5xx(fuzz_proxy, fake, route):
+    proxy = fuzz_proxy
+    headers = {"authorization": f"Bearer {proxy.admin_token}"} if route == "/rpc" else auth_for(proxy, route)
+    headers["content-type"] = "application/json"
+
+    with httpx.Client(base_url=proxy.url, timeout=30) as client:
+        @settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True, database=None,
+                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+        @given(body=ROUTE_BODIES[route])
+        def check(body):
+            # ensure_ascii: a lone surrogate goes as its \\uXXXX escape, as JSON libraries send it.
+            raw = json.dumps(body, allow_nan=True).encode()
+            r = client.post(route, content=raw, headers=headers)
+            assert r.status_code < 500, f"{route} {raw[:300]!r}: {r.status_code} {r.text[:300]}"
+            no_traceback(r.text, f"{route} answer")
+
+        check()
+    no_traceback(proxy.log_text(), "the proxy's output")
