@@ -324,6 +324,7 @@ class CaptureUpstream:
         self.requests: list[CapturedRequest] = []
         self.default = Answer.text()
         self.routes: dict[str, Answer] = {}
+        self.response_headers: list[tuple[str, str]] = []  # added to every /responses answer (e.g. x-codex-turn-state)
         self._script: list[Answer] = []
         self._seq = 0
 
@@ -363,6 +364,7 @@ class CaptureUpstream:
             self._script.clear()
             self._seq = 0
             self.default = default or Answer.text()
+            self.response_headers = []
 
     def script(self, *answers: Answer) -> None:
         with self._cond:
@@ -440,7 +442,7 @@ class CaptureUpstream:
 
     def _send_sse(self, handler: _Handler, events: list[tuple[str, dict]], close: bool) -> int:
         handler.wfile.write(self._head(200, [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache"),
-                                             ("Transfer-Encoding", "chunked")], close))
+                                             *self.response_headers, ("Transfer-Encoding", "chunked")], close))
         for kind, data in events:
             chunk = f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
             handler.wfile.write(b"%X\r\n%s\r\n" % (len(chunk), chunk))

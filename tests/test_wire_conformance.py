@@ -335,12 +335,14 @@ def codex_pair(tmp_path, capture, wire_proxy):
     return codex_runs(tmp_path, capture, wire_proxy)
 
 
-def _run_twice(capture, codex_pair, answers: list[Answer], *args: str, resume_args: tuple | None = None):
+def _run_twice(capture, codex_pair, answers: list[Answer], *args: str, resume_args: tuple | None = None,
+               response_headers: tuple = ()):
     """The same Codex session straight at the capture, then through the proxy: the /responses
     requests of each run."""
     got = []
     for run in codex_pair:
         capture.reset()
+        capture.response_headers = list(response_headers)
         capture.script(*answers)
         run.run(*args)
         if resume_args is not None:
@@ -360,9 +362,12 @@ def test_codex_plain_turn(capture, wire_proxy, codex_pair):
 
 def test_codex_tool_turn(capture, wire_proxy, codex_pair):
     call = Answer.function_call("exec_command", {"cmd": "echo wire-tool-ok"}, call_id="call_wire_1")
+    # the upstream's affinity token: Codex sends it back on the turn's next request (REFERENCE §1)
     direct, proxied = _run_twice(capture, codex_pair, [call, Answer.text("The command printed it")],
-                                 "--sandbox", "danger-full-access", "-c", "approval_policy=never", "run echo")
+                                 "--sandbox", "danger-full-access", "-c", "approval_policy=never", "run echo",
+                                 response_headers=[("x-codex-turn-state", "ts-capture-1")])
     assert len(direct) == 2
+    assert direct[1].header("x-codex-turn-state") == "ts-capture-1"
     for reqs in (direct, proxied):
         outputs = [i for i in reqs[1].json["input"] if i.get("type") == "function_call_output"]
         assert outputs and outputs[0]["call_id"] == "call_wire_1" and "wire-tool-ok" in json.dumps(outputs[0])
