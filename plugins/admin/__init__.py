@@ -5,6 +5,7 @@
     forms.py    the form actions                        render.py  Jinja2 and page headers
     rpc.py      JSON-RPC 2.0 over every plugin's methods methods.py the core methods (keys, logs...)
     session.py  sessions, one-time links, CSRF, origin   metrics.py counters and /metrics
+    charts.py   inline-SVG chart geometry                history.py usage.history (the charts' series)
 """
 
 from __future__ import annotations
