@@ -389,6 +389,8 @@ class CaptureUpstream:
 
     # answering
     def _answer(self, handler: _Handler, req: CapturedRequest) -> bool:
+        """Answer `req`; it is recorded (with its status) before the first byte of the answer
+        goes out, so a client that has its answer finds its request in `requests`."""
         with self._cond:
             if req.error is None and req.method == "POST" and req.path.endswith("/responses"):
                 self._seq += 1
@@ -397,34 +399,39 @@ class CaptureUpstream:
             else:
                 seq, answer = 0, None
         close = req.error is not None or "close" in ",".join(req.values("connection")).lower()
-        try:
-            if req.error is not None:
-                req.status = self._send_json(handler, 400, {"error": {"message": req.error, "type": "invalid_request_error"}}, close)
-            elif answer is not None:
-                try:
-                    body = req.json
-                except ValueError:
-                    body = None
-                if not isinstance(body, dict):
-                    req.status = self._send_json(handler, 400, {"error": {"message": "body is not a JSON object"}}, close)
-                elif body.get("stream") is not True or body.get("store") is not False:  # the backend's two rules
-                    req.status = self._send_json(handler, 400, {"detail": "Stream must be set to true" if body.get("stream") is not True
-                                                                else "Store must be set to false"}, close)
-                elif answer.kind == "json":
-                    req.status = self._send_json(handler, answer.params["status"], answer.params["body"], close)
-                else:
-                    req.status = self._send_sse(handler, sse_events(answer, seq, str(body.get("model"))), close)
+        events = None
+        if req.error is not None:
+            status, payload = 400, {"error": {"message": req.error, "type": "invalid_request_error"}}
+        elif answer is not None:
+            try:
+                body = req.json
+            except ValueError:
+                body = None
+            if not isinstance(body, dict):
+                status, payload = 400, {"error": {"message": "body is not a JSON object"}}
+            elif body.get("stream") is not True:  # the backend's two rules (REFERENCE §1)
+                status, payload = 400, {"detail": "Stream must be set to true"}
+            elif body.get("store") is not False:
+                status, payload = 400, {"detail": "Store must be set to false"}
+            elif answer.kind == "json":
+                status, payload = answer.params["status"], answer.params["body"]
             else:
-                route = next((a for suffix, a in self.routes.items() if req.path.endswith(suffix)), None)
-                if route is None and req.method == "GET" and req.path.endswith("/models"):
-                    route = Answer.json(codex_models())
-                if route is None:
-                    route = Answer.json({"error": {"message": f"no route {req.method} {req.path}"}}, 404)
-                req.status = self._send_json(handler, route.params["status"], route.params["body"], close)
-        finally:
-            with self._cond:
-                self.requests.append(req)
-                self._cond.notify_all()
+                status, payload, events = 200, None, sse_events(answer, seq, str(body.get("model")))
+        else:
+            route = next((a for suffix, a in self.routes.items() if req.path.endswith(suffix)), None)
+            if route is None and req.method == "GET" and req.path.endswith("/models"):
+                route = Answer.json(codex_models())
+            if route is None:
+                route = Answer.json({"error": {"message": f"no route {req.method} {req.path}"}}, 404)
+            status, payload = route.params["status"], route.params["body"]
+        req.status = status
+        with self._cond:
+            self.requests.append(req)
+            self._cond.notify_all()
+        if events is not None:
+            self._send_sse(handler, events, close)
+        else:
+            self._send_json(handler, status, payload, close)
         return not close
 
     @staticmethod
@@ -435,19 +442,17 @@ class CaptureUpstream:
             lines.append("Connection: close")
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
-    def _send_json(self, handler: _Handler, status: int, body: Any, close: bool) -> int:
+    def _send_json(self, handler: _Handler, status: int, body: Any, close: bool) -> None:
         data = json.dumps(body).encode()
         handler.wfile.write(self._head(status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))], close) + data)
-        return status
 
-    def _send_sse(self, handler: _Handler, events: list[tuple[str, dict]], close: bool) -> int:
+    def _send_sse(self, handler: _Handler, events: list[tuple[str, dict]], close: bool) -> None:
         handler.wfile.write(self._head(200, [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache"),
                                              *self.response_headers, ("Transfer-Encoding", "chunked")], close))
         for kind, data in events:
             chunk = f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
             handler.wfile.write(b"%X\r\n%s\r\n" % (len(chunk), chunk))
         handler.wfile.write(b"0\r\n\r\n")
-        return 200
 
 
 if __name__ == "__main__":  # python -m tests.capture_upstream: serve and print what arrives

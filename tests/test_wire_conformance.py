@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ import anthropic
 import openai
 import pytest
 
-from tests.capture_upstream import Answer, CaptureUpstream, CapturedRequest
+from tests.capture_upstream import Answer, CaptureUpstream, CapturedRequest, zstd
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.client
@@ -574,3 +575,45 @@ def test_claude_code_converted(tmp_path, capture, wire_proxy):
     ctx = ctx_for(capture, wire_proxy, direct, proxied[0], codex_client=False)
     problems = check_framing(proxied[0]) + compare_headers(ctx, Shaper(), Shaper())
     assert not problems, "the proxy changed the request beyond the named differences:\n" + "\n".join(problems)
+
+
+# --- the capture itself: as strict as a real front -------------------------------------------
+
+def _raw(cap: CaptureUpstream, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", int(cap.authority.rpartition(":")[2])), timeout=10) as sock:
+        sock.sendall(data)
+        out = b""
+        while chunk := sock.recv(65536):
+            out += chunk
+            if b"\r\n0\r\n\r\n" in out or (b"Content-Length" in out and out.endswith(b"}")):
+                break
+        return out
+
+
+@pytest.mark.parametrize("head, why", [
+    (b"POST /backend-api/codex/responses HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}", "0 Host headers"),
+    (b"POST /r HTTP/1.1\r\nHost: a\r\nHost: b\r\nContent-Length: 2\r\n\r\n{}", "2 Host headers"),
+    (b"POST /r HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n folded\r\nContent-Length: 2\r\n\r\n{}", "obsolete line folding"),
+    (b"POST /r HTTP/1.1\r\nHost: a\r\nX-A : 1\r\nContent-Length: 2\r\n\r\n{}", "bad header field name"),
+    (b"POST /r HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n{}", "both Content-Length"),
+    (b"POST /r HTTP/1.1\nHost: a\nContent-Length: 2\n\n{}", "CRLF"),
+])
+def test_capture_refuses_what_a_real_server_refuses(capture, head, why):
+    answer = _raw(capture, head)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+    assert capture.requests[-1].error and why in capture.requests[-1].error
+
+
+def test_capture_keeps_the_wire_as_sent(capture):
+    body = b'{"model":"m","stream":true,"store":false,"input":[]}'
+    chunked = b"%X\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    answer = _raw(capture, b"POST /backend-api/codex/responses HTTP/1.1\r\nHost: up.example\r\nX-Mixed-Case: v\r\n"
+                           b"session_id: s1\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked)
+    assert answer.startswith(b"HTTP/1.1 200 ") and b"event: response.completed" in answer
+    req = capture.requests[-1]
+    assert req.headers == [("Host", "up.example"), ("X-Mixed-Case", "v"), ("session_id", "s1"), ("Transfer-Encoding", "chunked")]
+    assert req.framing == "chunked" and req.body == body and req.raw_body == chunked
+    packed = zstd.compress(body)
+    _raw(capture, b"POST /backend-api/codex/responses HTTP/1.1\r\nHost: h\r\nContent-Encoding: zstd\r\n"
+                  b"Content-Length: %d\r\n\r\n%s" % (len(packed), packed))
+    assert capture.requests[-1].json == json.loads(body) and capture.requests[-1].status == 200
