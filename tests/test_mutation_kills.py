@@ -440,3 +440,107 @@ class TestInProcess:
         assert limits.take("k", 2) == pytest.approx(60.0)
         assert auth._retry_after(0.2) == {"retry-after": "1"} and auth._retry_after(2.1) == {"retry-after": "3"}
         assert auth.WINDOW_S == 60.0
+
+    # survivors of the first mutmut run (bench/MUTATION.md), killed ------------------------------
+    def test_decoding_stops_at_the_limit_instead_of_inflating_a_bomb(self):
+        import gzip
+        import tracemalloc
+        import zlib
+
+        from codexproxy.exchange import GatewayError
+        from codexproxy.wire import decode_body
+
+        try:
+            from compression import zstd
+        except ImportError:
+            from backports import zstd
+        bomb = b"\0" * (64 << 20)  # 64 MiB of zeros: a few KiB compressed
+        bombs = {"gzip": gzip.compress(bomb), "zstd": zstd.compress(bomb), "deflate": zlib.compress(bomb)}
+        del bomb
+        for coding, body in bombs.items():
+            tracemalloc.start()
+            try:
+                with pytest.raises(GatewayError) as err:
+                    decode_body(body, coding, 10_000)
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+            assert err.value.status == 413, coding
+            assert err.value.message == ("Request body is larger than limits.max_body_bytes (10000 bytes) once "
+                                         "decompressed."), coding
+            assert peak < (8 << 20), f"{coding}: {peak} bytes allocated to refuse a 64 MiB bomb"
+
+    def test_exact_limit_and_exact_messages(self):
+        import gzip
+        import zlib
+
+        from codexproxy.exchange import GatewayError
+        from codexproxy.wire import authority, check_value, decode_body, passed_client_headers, spelled
+
+        try:
+            from compression import zstd
+        except ImportError:
+            from backports import zstd
+        data = b"y" * 4096
+        for coding, body in (("gzip", gzip.compress(data)), ("zstd", zstd.compress(data)), ("deflate", zlib.compress(data))):
+            assert decode_body(body, coding, len(data)) == data, coding  # exactly at the limit is fine
+        with pytest.raises(GatewayError) as err:
+            decode_body(zstd.compress(data)[:-5], "zstd", 10_000)
+        assert err.value.message == "Request body is truncated zstd data."
+        with pytest.raises(GatewayError) as err:
+            decode_body(gzip.compress(data)[:-12], "gzip", 10_000)
+        assert err.value.message == "Request body is truncated gzip data."
+        # gzip means gzip: a zlib-wrapped body labelled gzip is refused, not auto-detected.
+        with pytest.raises(GatewayError) as err:
+            decode_body(zlib.compress(data), "gzip", 10_000)
+        assert err.value.status == 400 and err.value.message.startswith("Request body is not valid gzip: ")
+        assert authority("file:///etc/passwd") == ""
+        for call in (lambda: passed_client_headers([("X-Codex-Evil", "a\nb")]), lambda: spelled({"x-plugin": "a\nb"}, {})):
+            with pytest.raises(GatewayError) as err:
+                call()
+            assert err.value.param in ("X-Codex-Evil", "x-plugin")
+            assert err.value.message == (f"The header '{err.value.param}' holds a control character (CR, LF, NUL or "
+                                         f"similar); it cannot be sent upstream.")
+        with pytest.raises(GatewayError) as err:
+            check_value("x", "\0")
+        assert err.value.type == "invalid_request_error"
+
+    def test_normalize_responses_request(self):
+        from codexproxy.exchange import GatewayError
+        from codexproxy_plugins.adapter.responses import normalize_responses_request
+
+        out = normalize_responses_request({"model": "m", "input": "hi", "store": True, "stream": False,
+                                           "include": ["reasoning.encrypted_content"], "temperature": 1,
+                                           "top_p": 1, "max_output_tokens": 5, "truncation": "auto", "user": "u",
+                                           "previous_response_id": "r"})
+        assert (out["model"], out["store"], out["stream"], out["include"]) == ("m", False, True, ["reasoning.encrypted_content"])
+        assert out["input"] == [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}]
+        assert not {"temperature", "top_p", "max_output_tokens", "truncation", "user", "previous_response_id"} & set(out)
+        assert "service_tier" not in normalize_responses_request({"model": "m", "input": [], "service_tier": "flex"})
+        assert normalize_responses_request({"model": "m", "input": [], "service_tier": "priority"})["service_tier"] == "priority"
+        for body, status, message, param in [
+            ([], 400, "Request body must be a JSON object.", None),
+            ({"model": " ", "input": "x"}, 400, "'model' is required and must be a non-empty string.", "model"),
+            ({"model": "m"}, 400, "'input' is required (a string or a list of items).", "input"),
+            ({"model": "m", "input": 5}, 400, "'input' must be a string or a list of items.", "input"),
+            ({"model": "m", "input": [5]}, 400, "'input[0]' must be an object.", "input[0]"),
+        ]:
+            with pytest.raises(GatewayError) as err:
+                normalize_responses_request(body)
+            assert (err.value.status, err.value.message, err.value.param) == (status, message, param), body
+
+    def test_completions_to_chat_errors(self):
+        from codexproxy.exchange import GatewayError
+        from codexproxy_plugins.adapter.completions import completions_to_chat
+
+        for body, message, param in [([], "Request body must be a JSON object.", None),
+                                     ({"model": "m", "prompt": 5}, "'prompt' must be a string or a list of strings.", "prompt")]:
+            with pytest.raises(GatewayError) as err:
+                completions_to_chat(body)
+            assert (err.value.status, err.value.message, err.value.param) == (400, message, param)
+
+    def test_with_content_type_replaces_any_spelling(self):
+        from codexproxy_plugins.adapter.common import with_content_type
+
+        out = with_content_type({"Content-Type": "application/json", "Content-Length": "5", "x-a": "1"}, "text/event-stream")
+        assert out == {"x-a": "1", "content-type": "text/event-stream"}
