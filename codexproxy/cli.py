@@ -205,6 +205,8 @@ def build_parser(registry_hook: Callable[[CommandRegistry], None] | None = None)
     p.add_argument("--daily-tokens", type=whole_number(1, 10**12, allow_none=True), help="tokens per day limit (none to remove)")
     p.add_argument("--account", type=short_text(), help="pin the key to this account (none to unpin)")
     p.add_argument("--group", type=short_text(100), help="pin the key to this account group (none to unpin)")
+    p.add_argument("--alias", action="append", type=short_text(), metavar="PATTERN=MODEL",
+                   help="a model alias of this key, e.g. 'claude-*haiku*=gpt-5.5(low)'; PATTERN= removes it (repeatable)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=c.cmd_keys_update)
     for name, enabled in (("enable", True), ("disable", False)):

@@ -132,6 +132,8 @@ def cmd_keys_update(app: App, args: argparse.Namespace) -> int:
         fields["enabled"] = True
     if getattr(args, "disable", False):
         fields["enabled"] = False
+    if getattr(args, "alias", None):
+        fields["aliases"] = _changed_aliases(key.aliases, args.alias)
     if fields.get("account_id") and app.accounts.find(fields["account_id"]) is None:
         raise CLIError(f"--account: no account matches {fields['account_id']!r}")
     if fields.get("account_id"):
@@ -139,6 +141,21 @@ def cmd_keys_update(app: App, args: argparse.Namespace) -> int:
     updated = app.keys.update(key.id, **fields)
     emit(args, updated.public(), lambda: f"updated key {updated.id} ({updated.name})")
     return 0
+
+
+def _changed_aliases(current: dict[str, str], changes: list[str]) -> dict[str, str]:
+    """A key's alias map after `--alias PATTERN=MODEL` (set) / `--alias PATTERN=` (remove)."""
+    aliases = dict(current)
+    for change in changes:
+        pattern, sep, target = change.partition("=")
+        pattern, target = pattern.strip(), target.strip()
+        if not sep or not pattern:
+            raise CLIError(f"--alias: expected PATTERN=MODEL, got {change!r}")
+        if target:
+            aliases[pattern] = target
+        else:
+            aliases.pop(pattern, None)
+    return aliases
 
 
 def cmd_keys_toggle(enabled: bool) -> Callable[[App, argparse.Namespace], int]:

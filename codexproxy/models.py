@@ -145,6 +145,8 @@ class PlatformKey(Record):
     daily_tokens: int | None = None
     account_id: str | None = None  # routing pin
     group: str | None = None  # routing pin to a group of accounts
+    # Model aliases of this key (glob pattern -> model, tried before the adapter's own).
+    aliases: dict[str, str] = Field(default_factory=dict)
     created_at: float = Field(default_factory=now)
 
     def public(self) -> dict[str, Any]:
