@@ -283,17 +283,22 @@ def test_reasoning_stream_golden():
 def test_parallel_tools_stream_golden():
     evs = events("parallel_tools")
     starts = [d for n, d in evs if n == "content_block_start"]
+    # the reasoning item (no summary, encrypted content only) becomes a thinking block whose
+    # signature carries the encrypted reasoning to the next request
     assert [s["content_block"] for s in starts] == [
+        {"type": "thinking", "thinking": "", "signature": ""},
         {"type": "tool_use", "id": "call_A", "name": "get_weather", "input": {}},
         {"type": "tool_use", "id": "call_B", "name": "get_time", "input": {}},
     ]
-    for index, expected in ((0, {"city": "Paris"}), (1, {"tz": "CET"})):
+    signatures = [d["delta"] for n, d in evs if n == "content_block_delta" and d["index"] == 0]
+    assert signatures == [{"type": "signature_delta", "signature": "codexproxy.reasoning.v1:gAAAAABpre-FULL-ENCRYPTED"}]
+    for index, expected in ((1, {"city": "Paris"}), (2, {"tz": "CET"})):
         partial = "".join(d["delta"]["partial_json"] for n, d in evs
                           if n == "content_block_delta" and d["index"] == index)
         assert json.loads(partial) == expected
     # one block open at a time: start/stop strictly alternate
     order = [n for n, _ in evs if n in ("content_block_start", "content_block_stop")]
-    assert order == ["content_block_start", "content_block_stop"] * 2
+    assert order == ["content_block_start", "content_block_stop"] * 3
     assert evs[-2][1]["delta"]["stop_reason"] == "tool_use"
 
 
@@ -331,7 +336,8 @@ def test_aggregate_rebuilds_empty_completed_output():
     _, body = message("reasoning")
     assert body["type"] == "message" and body["id"] == "msg_test" and body["role"] == "assistant"
     assert body["content"] == [
-        {"type": "thinking", "thinking": "**Planning**\n\nThe user wants 2+2.\n\nAnswer is 4.", "signature": ""},
+        {"type": "thinking", "thinking": "**Planning**\n\nThe user wants 2+2.\n\nAnswer is 4.",
+         "signature": "codexproxy.reasoning.v1:gAAAAABpre-FULL-ENCRYPTED"},
         {"type": "text", "text": "2 + 2 = 4"},
     ]
     assert body["stop_reason"] == "end_turn" and body["stop_sequence"] is None
@@ -341,6 +347,7 @@ def test_aggregate_rebuilds_empty_completed_output():
 def test_aggregate_tools():
     _, body = message("parallel_tools")
     assert body["content"] == [
+        {"type": "thinking", "thinking": "", "signature": "codexproxy.reasoning.v1:gAAAAABpre-FULL-ENCRYPTED"},
         {"type": "tool_use", "id": "call_A", "name": "get_weather", "input": {"city": "Paris"}},
         {"type": "tool_use", "id": "call_B", "name": "get_time", "input": {"tz": "CET"}},
     ]
@@ -396,3 +403,65 @@ def test_whole_text_and_arguments_are_sent_once():
     assert evs[4][1]["content_block"]["id"] == "call_Z"
     assert evs[5][1]["delta"] == {"type": "input_json_delta", "partial_json": '{"a":1}'}
     assert evs[7][1]["delta"]["stop_reason"] == "tool_use"
+
+
+# --- reasoning carried in the thinking signature, fields mapped or refused --------------------
+
+def test_reasoning_stream_golden_signs_the_thinking_block():
+    evs = events("reasoning")
+    deltas = [d["delta"] for n, d in evs if n == "content_block_delta" and d["index"] == 0]
+    # the signature comes last in its block, just before content_block_stop (as Anthropic sends it)
+    assert deltas[-1] == {"type": "signature_delta", "signature": "codexproxy.reasoning.v1:gAAAAABpre-FULL-ENCRYPTED"}
+    stop_at = next(i for i, (n, d) in enumerate(evs) if n == "content_block_stop" and d["index"] == 0)
+    assert evs[stop_at - 1][1]["delta"]["type"] == "signature_delta"
+
+
+def test_our_signature_comes_back_as_a_reasoning_item_and_a_foreign_one_is_ignored():
+    ours = "codexproxy.reasoning.v1:enc_abc"
+    body = anthropic_to_responses({"model": "gpt-5.5", "messages": [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": [
+            {"type": "thinking", "thinking": "Need the tool.", "signature": ours},
+            {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "sunny"}]},
+        {"role": "assistant", "content": [
+            {"type": "thinking", "thinking": "from the real API", "signature": "EqQBCkYIBRgCKkD..."},
+            {"type": "redacted_thinking", "data": "xyz"},
+            {"type": "text", "text": "Sunny."}]},
+        {"role": "user", "content": "thanks"}]})
+    items = body["input"]
+    assert items[1] == {"type": "reasoning", "summary": [{"type": "summary_text", "text": "Need the tool."}],
+                        "encrypted_content": "enc_abc"}
+    assert items[2]["type"] == "function_call" and items[3]["type"] == "function_call_output"
+    assert items[4] == {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Sunny."}]}
+    assert [i["type"] for i in items].count("reasoning") == 1
+
+
+def test_output_config_format_becomes_text_format():
+    schema = {"type": "object", "properties": {"title": {"type": "string"}}, "required": ["title"]}
+    body = anthropic_to_responses({"model": "gpt-5.5", "messages": [{"role": "user", "content": "hi"}],
+                                   "output_config": {"format": {"type": "json_schema", "schema": schema}}})
+    assert body["text"] == {"format": {"type": "json_schema", "name": "output", "schema": schema, "strict": False}}
+
+
+@pytest.mark.parametrize("extra, param", [
+    ({"output_config": {"format": {"type": "yaml"}}}, "output_config.format"),
+    ({"mcp_servers": [{"type": "url", "url": "https://x"}]}, "mcp_servers"),
+    ({"container": "c1"}, "container"),
+    ({"frobnicate": True}, "frobnicate"),
+])
+def test_unusable_fields_are_refused_by_name(extra, param):
+    with pytest.raises(GatewayError) as err:
+        anthropic_to_responses({"model": "gpt-5.5", "messages": [{"role": "user", "content": "hi"}], **extra})
+    assert err.value.status == 400 and err.value.param == param and param in err.value.message
+
+
+def test_session_prefers_the_claude_code_header():
+    from codexproxy_plugins.adapter.anthropic import anthropic_session
+    body = {"metadata": {"user_id": "user_1_session_a"}}
+    by_header = anthropic_session(body, {"x-claude-code-session-id": "3f1c"})
+    by_user = anthropic_session(body, {})
+    assert by_header != by_user and by_header.startswith("anthropic-") and len(by_header) <= 64
+    assert anthropic_session({}, {}) is None
+    assert by_user == anthropic_to_responses({"model": "m", "messages": [{"role": "user", "content": "x"}],
+                                              **body})["prompt_cache_key"]

@@ -457,3 +457,34 @@ def test_whole_text_and_arguments_are_sent_once():
     assert calls[0] == {"index": 0, "id": "call_Z", "type": "function", "function": {"name": "f", "arguments": ""}}
     assert "".join(tc["function"]["arguments"] for tc in calls) == '{"a":1}'
     assert chunks[-2]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+# --- every field mapped, ignored for a reason, or refused by name ---------------------------
+
+@pytest.mark.parametrize("field, value", [
+    ("logprobs", True), ("top_logprobs", 3), ("audio", {"voice": "alloy"}), ("modalities", ["text", "audio"]),
+    ("functions", [{"name": "f"}]), ("prediction", {"type": "content", "content": "x"}), ("frobnicate", 1),
+])
+def test_fields_without_an_equivalent_are_refused_by_name(field, value):
+    with pytest.raises(GatewayError) as info:
+        chat_to_responses({"model": "gpt-5.5", "messages": [{"role": "user", "content": "hi"}], field: value})
+    assert info.value.status == 400 and info.value.param == field and field in info.value.message
+
+
+def test_off_values_of_refused_fields_and_ignored_fields_pass():
+    body = chat_to_responses({"model": "gpt-5.5", "messages": [{"role": "user", "content": "hi"}],
+                              "logprobs": False, "modalities": ["text"], "seed": 1, "stop": ["\n"],
+                              "metadata": {"a": "b"}, "store": True, "max_completion_tokens": 9})
+    for field in ("logprobs", "modalities", "seed", "stop", "metadata", "max_completion_tokens"):
+        assert field not in body
+    assert body["store"] is False
+
+
+def test_chat_session_order():
+    from codexproxy_plugins.adapter.chat import chat_session
+    body = {"prompt_cache_key": "pck", "user": "alice@example.com"}
+    assert chat_session(body, {"session-id": "s1"}) == "s1"
+    assert chat_session(body, {}) == "pck"
+    by_user = chat_session({"user": "alice@example.com"}, {})
+    assert by_user.startswith("user-") and "alice" not in by_user
+    assert chat_session({}, {}) is None

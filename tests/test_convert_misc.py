@@ -38,13 +38,21 @@ def stream(name: str, error: GatewayError | None = None) -> list:
 def test_completions_to_chat():
     chat = completions_to_chat({"model": "gpt-5.5(low)", "prompt": "Say hi", "max_tokens": 5,
                                 "temperature": 0, "stream": True,
-                                "stream_options": {"include_usage": True}, "logprobs": 2})
+                                "stream_options": {"include_usage": True}, "logprobs": None})
     assert chat == {"model": "gpt-5.5(low)", "stream": True, "stream_options": {"include_usage": True},
                     "messages": [{"role": "user", "content": "Say hi"}]}
     upstream = chat_to_responses(chat)
     assert upstream["model"] == "gpt-5.5" and upstream["reasoning"]["effort"] == "low"
     assert upstream["input"] == [{"type": "message", "role": "user",
                                   "content": [{"type": "input_text", "text": "Say hi"}]}]
+
+
+@pytest.mark.parametrize("field, value", [("logprobs", 2), ("echo", True), ("suffix", "end"), ("best_of", 3),
+                                          ("n", 2), ("frobnicate", 1)])
+def test_completions_fields_without_an_equivalent_are_refused_by_name(field, value):
+    with pytest.raises(GatewayError) as info:
+        completions_to_chat({"model": "m", "prompt": "x", field: value})
+    assert info.value.status == 400 and info.value.param == field and field in info.value.message
 
 
 def test_completions_prompt_list():
@@ -158,7 +166,9 @@ def test_anthropic_sdk_reads_the_stream_and_the_message():
     with client.messages.stream(model="claude-x", max_tokens=10, messages=[{"role": "user", "content": "hi"}]) as s:
         final = s.get_final_message()
     assert final.stop_reason == "tool_use"
-    assert [(b.name, b.input) for b in final.content] == [("get_weather", {"city": "Paris"}), ("get_time", {"tz": "CET"})]
+    assert final.content[0].type == "thinking"
+    assert final.content[0].signature == "codexproxy.reasoning.v1:gAAAAABpre-FULL-ENCRYPTED"
+    assert [(b.name, b.input) for b in final.content[1:]] == [("get_weather", {"city": "Paris"}), ("get_time", {"tz": "CET"})]
     assert final.usage.cache_read_input_tokens == 256
     out = drive(AnthropicAggregate("claude-x", "msg_1"), [golden("reasoning")])
     client = _sdk_client(anthropic.Anthropic, out, "application/json")

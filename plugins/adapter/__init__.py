@@ -13,14 +13,17 @@ import time
 import httpx
 from pydantic import Field
 
-from codexproxy import hookimpl
-from codexproxy.config import PluginConfig
+from codexproxy import hookimpl, wire
+from codexproxy.config import PluginConfig, Section
 from codexproxy.exchange import GatewayError, LocalResponse, Route
 
-from .anthropic import AnthropicAggregate, AnthropicStream, anthropic_error_body, anthropic_to_responses, estimate_tokens
-from .chat import ChatAggregate, ChatStream, chat_to_responses
-from .common import parse_model_effort, reasoning_fields
+from .aliases import DEFAULT_ALIASES, listed_aliases, resolve_model
+from .anthropic import (AnthropicAggregate, AnthropicStream, anthropic_error_body, anthropic_session, anthropic_to_responses,
+                        estimate_tokens)
+from .chat import ChatAggregate, ChatStream, chat_session, chat_to_responses
+from .common import reasoning_fields
 from .completions import CompletionsAggregate, CompletionsStream, completions_to_chat
+from .conversations import FILE_NAME, ConversationStore, replay_items
 from .models import anthropic_model_list, openai_model_list, slugs_from_upstream
 from .responses import ResponsesAggregate, ResponsesStream, normalize_responses_request
 
@@ -35,10 +38,23 @@ ROUTES = {
 MODELS_STATE = "adapter.models"
 
 
+class ConversationsConfig(Section):
+    """What is kept for `previous_response_id` (conversations.py)."""
+
+    enabled: bool = True
+    max_entries: int = Field(2000, ge=1)
+    max_bytes: int = Field(200_000_000, ge=1)
+    ttl_s: float = Field(86400.0, gt=0)
+
+
 class AdapterConfig(PluginConfig):
     # Served by /v1/models until the upstream list has been fetched once.
     fallback_models: list[str] = Field(default_factory=lambda: ["gpt-5.5", "gpt-5-codex", "gpt-5"])
     client_version: str = "0.169.0"
+    # Model aliases: glob pattern -> model (an effort suffix allowed), first match wins; a
+    # platform key's own aliases come first. Setting this replaces the defaults.
+    models: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_ALIASES))
+    conversations: ConversationsConfig = Field(default_factory=ConversationsConfig)
 
 
 @hookimpl
@@ -58,6 +74,9 @@ def codexproxy_route(app, exchange):
         protocol = ROUTES[path]
         exchange.route = Route(kind="upstream", protocol=protocol, name=protocol)  # errors below render in it
         _method(exchange, "POST")
+        return exchange.route
+    if exchange.method == "GET" and _kept_response_id(path):
+        exchange.route = Route(kind="local", protocol="responses", handler=kept_response, name="responses.get")
         return exchange.route
     if path in ("/v1/messages/count_tokens", "/messages/count_tokens"):
         exchange.route = Route(kind="local", protocol="anthropic", handler=count_tokens, name="count_tokens")
@@ -89,17 +108,29 @@ def codexproxy_prepare_request(app, exchange):
     if not isinstance(body, dict):
         raise GatewayError(400, "Request body must be a JSON object.")
     client_stream = _bool(body, "stream")
+    session = None
     if protocol == "responses":
         upstream = normalize_responses_request(body)
-        model, effort = parse_model_effort(upstream["model"])
-        if effort:
-            upstream.update(model=model, **reasoning_fields(effort))
+        if "prompt_cache_key" in upstream and "prompt_cache_key" not in body:  # mapped from `user`
+            exchange.session_id = exchange.headers.get("session_id") or exchange.headers.get("session-id") or upstream["prompt_cache_key"]
     elif protocol == "chat":
         upstream = chat_to_responses(body)
+        session = chat_session(body, exchange.headers)
     elif protocol == "completions":
         upstream = chat_to_responses(completions_to_chat(body))
+        session = chat_session(body, exchange.headers)
     else:
         upstream = anthropic_to_responses(body)
+        session = anthropic_session(body, exchange.headers)
+    if session is not None:
+        # One conversation, one session: the upstream session header, the routing binding
+        # (routing/affinity.py reads exchange.session_id) and the prompt-cache key agree.
+        wire.check_value("session_id", session, source="the client's session id")
+        exchange.session_id = session
+        upstream["prompt_cache_key"] = session
+    _apply_model(app, exchange, body, upstream)
+    if protocol == "responses":
+        _continue_conversation(app, exchange, body, upstream)
     key = exchange.key
     if key is not None and getattr(key, "model", None):
         upstream["model"] = key.model  # a key's bound model/effort wins over the request's
@@ -115,7 +146,128 @@ def codexproxy_prepare_request(app, exchange):
     exchange.meta["adapter"] = {
         "client_model": body.get("model") if isinstance(body.get("model"), str) else upstream["model"],
         "include_usage": bool((body.get("stream_options") or {}).get("include_usage")) if isinstance(body.get("stream_options"), dict) else False,
+        "keep": protocol == "responses" and _keeps(app, exchange, body),
     }
+
+
+def _apply_model(app, exchange, body: dict, upstream: dict) -> None:
+    """The model (and effort suffix) the client named, through the aliases."""
+    known, from_upstream = _known_models(app)
+    key = exchange.key
+    maps = [getattr(key, "aliases", None) or {}, app.plugin_config("adapter").models]
+    if key is not None and getattr(key, "model", None):
+        return  # the key's bound model replaces whatever was asked: nothing to resolve or refuse
+    # The name as the client wrote it: its own effort suffix wins over an alias target's.
+    requested = body["model"] if isinstance(body.get("model"), str) and body["model"].strip() else upstream["model"]
+    model, effort = resolve_model(requested, known, maps, strict=from_upstream)
+    if model == upstream["model"] and effort is None:
+        return  # unchanged: a Codex client's body stays byte for byte
+    upstream["model"] = model
+    if effort:  # a suffix is the user's explicit choice: it replaces the body's reasoning fields
+        upstream.pop("reasoning", None)
+        upstream.pop("include", None)
+        upstream.update(reasoning_fields(effort))
+
+
+# --- previous_response_id: conversations kept by the proxy (conversations.py) -----------------
+
+_STORES: dict[str, ConversationStore] = {}
+
+
+def _conversations(app) -> ConversationStore | None:
+    cfg = app.plugin_config("adapter").conversations
+    if not cfg.enabled:
+        return None
+    path = app.data_dir / FILE_NAME
+    store = _STORES.get(str(path))
+    if store is None:
+        store = _STORES[str(path)] = ConversationStore(path, cfg.max_entries, cfg.max_bytes, cfg.ttl_s)
+    return store
+
+
+def _key_id(exchange) -> str | None:
+    return getattr(exchange.key, "id", None)
+
+
+def _keeps(app, exchange, body: dict) -> bool:
+    """Keep this answer for a later previous_response_id? As OpenAI does unless `store` is
+    false -- which Codex always sends, so Codex traffic is never kept."""
+    return body.get("store") is not False and app.plugin_config("adapter").conversations.enabled
+
+
+def _continue_conversation(app, exchange, body: dict, upstream: dict) -> None:
+    previous = body.get("previous_response_id")
+    if previous is None:
+        if _keeps(app, exchange, body) and (upstream.get("reasoning") or {}).get("effort") != "none":
+            # A kept answer's reasoning can only be replayed with its encrypted content.
+            include = upstream.get("include") if isinstance(upstream.get("include"), list) else []
+            if "reasoning.encrypted_content" not in include:
+                upstream["include"] = [*include, "reasoning.encrypted_content"]
+        return
+    if not isinstance(previous, str) or not previous:
+        raise GatewayError(400, "'previous_response_id' must be a non-empty string.", param="previous_response_id")
+    store = _conversations(app)
+    if store is None:
+        raise GatewayError(400, "'previous_response_id' is not available: this gateway keeps no conversations "
+                                "(plugins.adapter.conversations.enabled is false); send the whole input instead.",
+                           param="previous_response_id")
+    entry = store.get(previous, _key_id(exchange))
+    if entry is None:
+        raise GatewayError(400, f"Previous response with id '{previous}' not found.",
+                           code="previous_response_not_found", param="previous_response_id")
+    upstream["input"] = replay_items(entry) + upstream["input"]
+    include = upstream.get("include") if isinstance(upstream.get("include"), list) else []
+    if "reasoning.encrypted_content" not in include:
+        upstream["include"] = [*include, "reasoning.encrypted_content"]
+
+
+def _remember(app, exchange) -> None:
+    meta = exchange.meta.get("adapter") or {}
+    transform = meta.get("transform")
+    final = getattr(transform, "final", None)
+    if not meta.get("keep") or not isinstance(final, dict) or not isinstance(final.get("id"), str):
+        return
+    store = _conversations(app)
+    if store is not None and exchange.upstream_body is not None:
+        store.put(final["id"], _key_id(exchange), exchange.upstream_body.get("input") or [], final)
+
+
+@hookimpl
+def codexproxy_exchange_done(app, exchange):
+    try:
+        _remember(app, exchange)
+    except Exception:  # keeping a conversation must never break the request's bookkeeping
+        log.exception("could not keep the response of exchange %s", exchange.id)
+
+
+@hookimpl
+def codexproxy_shutdown(app):
+    for path, store in list(_STORES.items()):
+        if path.startswith(str(app.data_dir)):
+            store.close()
+            _STORES.pop(path, None)
+
+
+_RESPONSE_PREFIXES = ("/v1/responses/", "/responses/", "/backend-api/codex/responses/")
+
+
+def _kept_response_id(path: str) -> str | None:
+    for prefix in _RESPONSE_PREFIXES:
+        if path.startswith(prefix):
+            rest = path[len(prefix):]
+            if rest and "/" not in rest and rest != "compact":
+                return rest
+    return None
+
+
+def kept_response(app, exchange) -> LocalResponse:
+    """GET /v1/responses/{id}: a response this gateway kept (404 as OpenAI answers otherwise)."""
+    response_id = _kept_response_id(exchange.path.rstrip("/"))
+    store = _conversations(app)
+    entry = store.get(response_id, _key_id(exchange)) if store is not None and response_id else None
+    if entry is None:
+        raise GatewayError(404, f"No response found with id '{response_id}'.", code="not_found", param="response_id")
+    return LocalResponse(200, entry["response"])
 
 
 @hookimpl
@@ -128,8 +280,13 @@ def codexproxy_response_transform(app, exchange):
     protocol = exchange.protocol
     if protocol == "responses":
         if not stream:
-            return ResponsesAggregate()
-        return None if exchange.is_codex_client else ResponsesStream(drop_codex_events=True)
+            transform = ResponsesAggregate()
+        elif exchange.is_codex_client:
+            return None
+        else:
+            transform = ResponsesStream(drop_codex_events=True)
+        meta["transform"] = transform  # its final Response is kept when the exchange is done
+        return transform
     if protocol == "chat":
         return ChatStream(model, include_usage=meta["include_usage"]) if stream else ChatAggregate(model)
     if protocol == "completions":
@@ -162,17 +319,29 @@ def _model_slugs(app) -> list[str]:
     return list(app.plugin_config("adapter").fallback_models)
 
 
+def _known_models(app) -> tuple[list[str], bool]:
+    """The pool's model slugs, and whether they came from the upstream (only then is a name
+    outside them refused: the fallback list may lag behind what the backend serves)."""
+    cached = app.store.get_state(MODELS_STATE)
+    if isinstance(cached, dict) and cached.get("slugs"):
+        return list(cached["slugs"]), True
+    return list(app.plugin_config("adapter").fallback_models), False
+
+
 def models(app, exchange) -> LocalResponse:
     slugs = _model_slugs(app)
+    key = exchange.key
+    aliases = listed_aliases([getattr(key, "aliases", None) or {}, app.plugin_config("adapter").models], slugs)
+    render = anthropic_model_list if exchange.protocol == "anthropic" else openai_model_list
     prefix = "/v1/models/"
     if exchange.path.startswith(prefix):
         wanted = exchange.path[len(prefix):]
-        if wanted not in slugs:
-            raise GatewayError(404, f"The model '{wanted}' does not exist.", code="model_not_found", param="model")
-        slugs = [wanted]
-        listing = anthropic_model_list(slugs) if exchange.protocol == "anthropic" else openai_model_list(slugs)
-        return LocalResponse(200, listing["data"][0])
-    return LocalResponse(200, anthropic_model_list(slugs) if exchange.protocol == "anthropic" else openai_model_list(slugs))
+        if wanted in slugs:
+            return LocalResponse(200, render([wanted])["data"][0])
+        if wanted in aliases:
+            return LocalResponse(200, render([], {wanted: aliases[wanted]})["data"][0])
+        raise GatewayError(404, f"The model '{wanted}' does not exist.", code="model_not_found", param="model")
+    return LocalResponse(200, render(slugs, aliases))
 
 
 def refresh_models(app) -> list[str] | None:

@@ -1,8 +1,10 @@
 """Anthropic Messages on the client side (Anthropic SDK, Claude Code): request mapping to the
 Responses API, and the upstream events turned into Messages SSE or one Message object.
 
-Claude Code sends many fields the backend has no use for (max_tokens, metadata,
-context_management, cache_control, betas...): they are accepted and ignored, never rejected.
+Every top-level field of a request is mapped, ignored for a reason written in `IGNORED`, or
+refused with a 400 naming it (as Anthropic's API refuses a field it does not know): nothing is
+dropped silently. Claude Code's fields (max_tokens, metadata, context_management,
+cache_control...) are all accepted.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 from codexproxy.exchange import GatewayError
 from codexproxy.sse import encode
 
+from .reasoning import reasoning_input, signature_of
 from .common import (bad_request, checked_role, require_model_and_messages, EFFORTS, Aggregate, EventStream, ToolCall, message_text, parse_model_effort,
                      reasoning_fields, reasoning_text, usage_counts)
 
@@ -26,12 +29,32 @@ _EFFORT_NAMES = {"low": "low", "medium": "medium", "high": "high", "max": "xhigh
 
 _bad = bad_request
 
+# Fields with a Responses equivalent (converted below).
+MAPPED = ("model", "messages", "system", "tools", "tool_choice", "thinking", "output_config", "metadata", "stream")
+# Fields accepted and not sent upstream, and why.
+IGNORED = {
+    "max_tokens": "the Codex backend refuses max_output_tokens; the answer ends at the model's own limit",
+    "temperature": "reasoning models take no sampling parameters; the backend refuses them",
+    "top_p": "reasoning models take no sampling parameters; the backend refuses them",
+    "top_k": "reasoning models take no sampling parameters; the backend refuses them",
+    "stop_sequences": "the Responses API has no stop sequences",
+    "context_management": "Claude's server-side context editing; the client sends the history it wants kept",
+    "cache_control": "prompt caching is automatic upstream (keyed by the conversation's prompt_cache_key)",
+    "service_tier": "Anthropic's capacity tiers have no counterpart on ChatGPT accounts",
+}
+# Fields refused: what they ask for runs on Anthropic's servers only.
+REFUSED = {
+    "mcp_servers": "the MCP connector runs on Anthropic's servers; give the client the MCP servers instead",
+    "container": "code-execution containers run on Anthropic's servers",
+}
+
 
 # --- request ---------------------------------------------------------------------------------
 
 def anthropic_to_responses(body: dict) -> dict:
     """The Responses API body for an Anthropic Messages request body."""
     model, messages = require_model_and_messages(body)
+    _check_fields(body)
     max_tokens = body.get("max_tokens")
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)):
         raise _bad("'max_tokens' must be an integer.", "max_tokens")
@@ -59,12 +82,48 @@ def anthropic_to_responses(body: dict) -> dict:
             out["parallel_tool_calls"] = False
     # The model suffix is the user's explicit choice; Claude Code fills thinking/effort itself.
     out.update(reasoning_fields(suffix_effort or _requested_effort(body)))
-    user_id = (body.get("metadata") or {}).get("user_id") if isinstance(body.get("metadata"), dict) else None
-    if isinstance(user_id, str) and user_id:
-        # Claude Code's user_id names the session: a stable cache key (and sticky session)
-        # per conversation. Hashed because prompt_cache_key is length-limited.
-        out["prompt_cache_key"] = "anthropic-" + hashlib.sha256(user_id.encode()).hexdigest()[:32]
+    text_format = _text_format(body.get("output_config"))
+    if text_format:
+        out["text"] = {"format": text_format}
+    session = anthropic_session(body, {})
+    if session:  # the adapter prefers Claude Code's session header when there is one
+        out["prompt_cache_key"] = session
     return out
+
+
+def _check_fields(body: dict) -> None:
+    for field in body:
+        if field in REFUSED:
+            raise _bad(f"'{field}' is not supported by this gateway: {REFUSED[field]}.", field)
+        if field not in MAPPED and field not in IGNORED:
+            raise _bad(f"'{field}': Extra inputs are not permitted (not a Messages API field this gateway knows).", field)
+
+
+def _text_format(config: Any) -> dict | None:
+    """`output_config.format` (a JSON schema the answer must follow, as Claude Code's title
+    request asks) -> the Responses `text.format`."""
+    fmt = config.get("format") if isinstance(config, dict) else None
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema" or not isinstance(fmt.get("schema"), dict):
+        raise _bad("'output_config.format' must be {\"type\": \"json_schema\", \"schema\": {...}}.", "output_config.format")
+    # Not strict: OpenAI's strict mode demands every property be required, which Anthropic's does not.
+    return {"type": "json_schema", "name": "output", "schema": fmt["schema"], "strict": False}
+
+
+def anthropic_session(body: dict, headers: dict[str, str]) -> str | None:
+    """The conversation an Anthropic request belongs to: Claude Code's session header (the same
+    across --continue), else `metadata.user_id` (which names the session too). Hashed: it
+    becomes the upstream session header and prompt_cache_key, which are length-limited and
+    must not carry a client's raw identifiers."""
+    session = headers.get("x-claude-code-session-id")
+    if not session:
+        metadata = body.get("metadata")
+        user_id = metadata.get("user_id") if isinstance(metadata, dict) else None
+        session = user_id if isinstance(user_id, str) else None
+    if not session:
+        return None
+    return "anthropic-" + hashlib.sha256(session.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def _message(role: str, content: list[dict]) -> dict:
@@ -106,7 +165,16 @@ def _convert_message(msg: Any, where: str, call_ids: set[str]) -> list[dict]:
             parts.append({"type": text_type, "text": block.get("text") or ""})
             continue
         if kind in ("thinking", "redacted_thinking"):
-            continue  # cannot be replayed: the backend's reasoning needs its own encrypted content
+            # Our own signature carries the upstream's encrypted reasoning: replayed as a
+            # reasoning item. Anything else (Anthropic's own signatures, redacted blocks) means
+            # nothing to the backend and is left out.
+            reasoning = reasoning_input(block.get("signature"), block.get("thinking")) if role == "assistant" else None
+            if reasoning is not None:
+                if parts:
+                    items.append(_message(role, parts))
+                    parts = []
+                items.append(reasoning)
+            continue
         if role == "user" and kind == "image":
             parts.append(_image(block, at))
             continue
@@ -330,7 +398,16 @@ class AnthropicStream(EventStream):
         return self._json_delta(fragment)
 
     def on_item_done(self, index: Any, item: dict[str, Any]) -> bytes:
-        return self._close() if self._open is not None and self._open[1] == index else b""
+        out = b""
+        signature = signature_of(item) if item.get("type") == "reasoning" else ""
+        if signature:
+            # The encrypted reasoning rides in the thinking block's signature (a block of its
+            # own when the upstream streamed no summary for it).
+            out = self._open_block(("thinking", index), {"type": "thinking", "thinking": "", "signature": ""}) + \
+                self._delta({"type": "signature_delta", "signature": signature})
+        if self._open is not None and self._open[1] == index:
+            out += self._close()
+        return out
 
     def on_end(self, kind: str, response: dict[str, Any]) -> bytes:
         details = response.get("incomplete_details")
@@ -396,8 +473,8 @@ class AnthropicAggregate(Aggregate):
         content: list[dict] = []
         for item in self.acc.output():
             kind = item.get("type")
-            if kind == "reasoning" and reasoning_text(item):
-                content.append({"type": "thinking", "thinking": reasoning_text(item), "signature": ""})
+            if kind == "reasoning" and (reasoning_text(item) or signature_of(item)):
+                content.append({"type": "thinking", "thinking": reasoning_text(item), "signature": signature_of(item)})
             elif kind == "message" and message_text(item):
                 content.append({"type": "text", "text": message_text(item)})
             elif kind in _TOOL_ITEMS:

@@ -4,6 +4,7 @@ and the upstream Responses events turned into `chat.completion.chunk`s or one `c
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
@@ -19,12 +20,52 @@ _ROLES = ("system", "developer", "user", "assistant", "tool")
 
 _bad = bad_request
 
+# Every top-level field of a Chat Completions request: mapped (below), ignored for the reason
+# given, or refused with a 400 naming it -- as OpenAI refuses an argument it does not know.
+MAPPED = ("model", "messages", "n", "tools", "tool_choice", "parallel_tool_calls", "response_format",
+          "verbosity", "reasoning_effort", "reasoning", "prompt_cache_key", "service_tier", "stream",
+          "stream_options", "user")
+_SAMPLING = "reasoning models take no sampling parameters; the backend refuses them"
+IGNORED = {
+    "temperature": _SAMPLING, "top_p": _SAMPLING, "presence_penalty": _SAMPLING,
+    "frequency_penalty": _SAMPLING, "logit_bias": _SAMPLING, "seed": _SAMPLING,
+    "max_tokens": "the Codex backend refuses max_output_tokens; the answer ends at the model's own limit",
+    "max_completion_tokens": "the Codex backend refuses max_output_tokens; the answer ends at the model's own limit",
+    "stop": "the Responses API has no stop sequences",
+    "metadata": "the backend stores nothing to tag (store is false)",
+    "store": "the backend stores nothing (store must be false)",
+    "safety_identifier": "no end-user safety tracking on ChatGPT accounts",
+    "prompt_cache_retention": "the backend decides how long its prompt cache lives",
+}
+# Refused unless off: what they ask for cannot be produced here.
+REFUSED = {
+    "logprobs": "the backend returns no log probabilities",
+    "top_logprobs": "the backend returns no log probabilities",
+    "audio": "audio output is not available on the Codex backend",
+    "prediction": "predicted outputs are not available on the Codex backend",
+    "web_search_options": "send a web_search tool instead",
+    "functions": "the legacy functions field is not supported; send tools",
+    "function_call": "the legacy function_call field is not supported; send tool_choice",
+}
+_OFF_VALUES = (None, False, 0, [], {})
+
+
+def _check_fields(body: dict) -> None:
+    for field, value in body.items():
+        if field in REFUSED and value not in _OFF_VALUES:
+            raise _bad(f"'{field}' is not supported by this gateway: {REFUSED[field]}.", field)
+        if field == "modalities" and value not in (None, ["text"]):
+            raise _bad("'modalities' can only be [\"text\"] here.", field)
+        if field not in MAPPED and field not in IGNORED and field not in REFUSED and field != "modalities":
+            raise _bad(f"Unrecognized request argument supplied: {field}", field)
+
 
 # --- request ---------------------------------------------------------------------------------
 
 def chat_to_responses(body: dict) -> dict:
     """The Responses API body for a Chat Completions request body."""
     model, messages = require_model_and_messages(body)
+    _check_fields(body)
     if body.get("n") not in (None, 1):
         raise _bad("Only n=1 is supported.", "n")
 
@@ -48,6 +89,19 @@ def chat_to_responses(body: dict) -> dict:
     if body.get("service_tier") == "priority":  # the only tier the backend takes
         out["service_tier"] = "priority"
     return out
+
+
+def chat_session(body: dict, headers: dict[str, str]) -> str | None:
+    """The conversation a chat request belongs to: the client's session header, else its
+    `prompt_cache_key`, else its `user` (hashed: an end-user id, maybe an e-mail)."""
+    session = headers.get("session_id") or headers.get("session-id")
+    if session:
+        return session
+    if isinstance(body.get("prompt_cache_key"), str) and body["prompt_cache_key"]:
+        return body["prompt_cache_key"]
+    if isinstance(body.get("user"), str) and body["user"]:
+        return "user-" + hashlib.sha256(body["user"].encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return None
 
 
 def _requested_effort(body: dict) -> str | None:

@@ -13,8 +13,24 @@ from codexproxy.exchange import GatewayError
 
 from .chat import ChatAggregate, ChatStream
 
-# Fields that carry over unchanged to the chat body (sampling fields are ignored upstream anyway).
-_CARRIED = ("model", "stream", "stream_options", "reasoning_effort", "prompt_cache_key")
+# Every field of a legacy Completions request: carried over to the chat body (and mapped
+# there), ignored for the reason given, or refused with a 400 naming it.
+_CARRIED = ("model", "stream", "stream_options", "reasoning_effort", "prompt_cache_key", "user")
+_SAMPLING = "reasoning models take no sampling parameters; the backend refuses them"
+IGNORED = {
+    "temperature": _SAMPLING, "top_p": _SAMPLING, "presence_penalty": _SAMPLING,
+    "frequency_penalty": _SAMPLING, "logit_bias": _SAMPLING, "seed": _SAMPLING,
+    "max_tokens": "the Codex backend refuses max_output_tokens; the answer ends at the model's own limit",
+    "stop": "the Responses API has no stop sequences",
+}
+REFUSED = {  # refused unless off (null, false, 0, or the one value that means "as usual")
+    "logprobs": "the backend returns no log probabilities",
+    "echo": "the prompt is not echoed back",
+    "suffix": "insertion (a suffix after the completion) is not available",
+    "best_of": "one completion per request",
+    "n": "one completion per request",
+}
+_USUAL = {"best_of": 1, "n": 1}
 
 
 def completions_to_chat(body: dict) -> dict:
@@ -27,6 +43,11 @@ def completions_to_chat(body: dict) -> dict:
         prompt = "\n\n".join(prompt)
     if not isinstance(prompt, str):
         raise GatewayError(400, "'prompt' must be a string or a list of strings.", param="prompt")
+    for field, value in body.items():
+        if field in REFUSED and value not in (None, False, 0, _USUAL.get(field)):
+            raise GatewayError(400, f"'{field}' is not supported by this gateway: {REFUSED[field]}.", param=field)
+        if field not in _CARRIED and field not in IGNORED and field not in REFUSED and field != "prompt":
+            raise GatewayError(400, f"Unrecognized request argument supplied: {field}", param=field)
     chat = {k: body[k] for k in _CARRIED if k in body}
     chat["messages"] = [{"role": "user", "content": prompt}]
     return chat

@@ -7,6 +7,7 @@ The Codex backend speaks the Responses API already, so this is mostly about what
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from codexproxy.exchange import GatewayError
@@ -14,9 +15,18 @@ from codexproxy.sse import SSEEvent, encode
 
 from .common import TERMINAL_EVENTS, Aggregate, stream_cut_error, with_content_type
 
-# Fields the backend rejects or ignores; peers strip them (REFERENCE §1).
-_DROPPED_FIELDS = ("temperature", "top_p", "max_output_tokens", "truncation", "user",
-                   "previous_response_id")
+# Fields accepted and not sent upstream, and why (the backend answers 400 "Unsupported
+# parameter" to each; REFERENCE §1). Everything else goes upstream as the client sent it.
+IGNORED = {
+    "temperature": "reasoning models take no sampling parameters; the backend refuses them",
+    "top_p": "reasoning models take no sampling parameters; the backend refuses them",
+    "max_output_tokens": "the Codex backend refuses it; the answer ends at the model's own limit",
+    "truncation": "the backend refuses it; an over-long input is a context_length_exceeded error",
+}
+# Mapped by the adapter, not sent as they are: `user` becomes the prompt_cache_key (and the
+# session) when the client set none; `previous_response_id` is expanded into the kept
+# conversation (conversations.py).
+MAPPED_ELSEWHERE = ("user", "previous_response_id")
 
 
 def normalize_responses_request(body: dict) -> dict:
@@ -37,13 +47,22 @@ def normalize_responses_request(body: dict) -> dict:
     else:
         raise GatewayError(400, "'input' must be a string or a list of items.", param="input")
 
-    out = {k: v for k, v in body.items() if k not in _DROPPED_FIELDS}
+    out = {k: v for k, v in body.items() if k not in IGNORED and k not in MAPPED_ELSEWHERE}
+    user = body.get("user")
+    if isinstance(user, str) and user and not isinstance(body.get("prompt_cache_key"), str):
+        out["prompt_cache_key"] = user_cache_key(user)
     out["input"] = items
     out["store"] = False
     out["stream"] = True
     if out.get("service_tier") != "priority":
         out.pop("service_tier", None)
     return out
+
+
+def user_cache_key(user: str) -> str:
+    """OpenAI's `user` (an end-user id) as a prompt_cache_key: one cache (and one account) per
+    user. Hashed: it may be an e-mail, and it becomes an upstream header."""
+    return "user-" + hashlib.sha256(user.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def _normalize_item(item: Any, index: int) -> Any:
@@ -70,6 +89,7 @@ class ResponsesStream:
         self._ended = False
         self._response_id: str | None = None
         self._items: dict[int, Any] = {}  # output index -> finished item (SDK clients only)
+        self.final: dict[str, Any] | None = None  # the finished Response (kept for previous_response_id)
 
     def start(self, status: int, headers: dict[str, str]) -> tuple[int, dict[str, str]]:
         return status, with_content_type(headers, "text/event-stream")
@@ -91,9 +111,13 @@ class ResponsesStream:
                 return b""
             self._ended = True
             response = data.get("response")
-            if self._items and isinstance(response, dict) and not response.get("output"):
-                output = [self._items[i] for i in sorted(self._items)]
-                return encode(name, {**data, "response": {**response, "output": output}})
+            filled = self._items and isinstance(response, dict) and not response.get("output")
+            if filled:
+                response = {**response, "output": [self._items[i] for i in sorted(self._items)]}
+            if kind in ("response.completed", "response.incomplete") and isinstance(response, dict):
+                self.final = response
+            if filled:
+                return encode(name, {**data, "response": response})
         elif kind == "response.created" and isinstance(data.get("response"), dict):
             self._response_id = data["response"].get("id")
         elif kind == "response.output_item.done" and self.drop_codex_events:
@@ -123,4 +147,11 @@ class ResponsesAggregate(Aggregate):
     """Answers a non-stream Responses request with the whole Response object as JSON."""
 
     def body(self) -> dict[str, Any]:
+        return self.acc.result()
+
+    @property
+    def final(self) -> dict[str, Any] | None:
+        """The finished Response (kept for previous_response_id), None when it failed."""
+        if self.acc.error or self.acc.terminal not in ("response.completed", "response.incomplete"):
+            return None
         return self.acc.result()

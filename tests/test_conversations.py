@@ -1,0 +1,165 @@
+"""previous_response_id (issue #12): the Codex backend stores nothing, so codexproxy keeps each
+Responses answer (input and output, bounded) and expands an id into that history; an unknown or
+evicted id is 400 previous_response_not_found, as OpenAI answers."""
+
+from __future__ import annotations
+
+import json
+import stat
+import time
+
+import httpx
+import openai
+import pytest
+
+from codexproxy_plugins.adapter.conversations import FILE_NAME, ConversationStore, replay_items
+from tests.conftest import wait_for
+from tests.fakeupstream import B
+
+pytestmark = pytest.mark.client
+
+
+# --- the store on its own ----------------------------------------------------------------------
+
+def test_store_caps_evict_the_oldest_and_entries_belong_to_their_key(tmp_path):
+    store = ConversationStore(tmp_path / FILE_NAME, max_entries=2, max_bytes=10_000_000, ttl_s=3600)
+    for n in range(3):
+        store.put(f"resp_{n}", "key_a", [{"n": n}], {"id": f"resp_{n}", "output": []})
+        wait_for(lambda: not store.pending, what="the write")
+        time.sleep(0.01)  # distinct creation times
+    assert store.get("resp_0", "key_a") is None  # the oldest went first
+    assert store.get("resp_2", "key_a")["input"] == [{"n": 2}]
+    assert store.get("resp_2", "key_b") is None  # another key's conversation is not there for it
+    store.close()
+
+    small = ConversationStore(tmp_path / "small.sqlite3", max_entries=100, max_bytes=300, ttl_s=3600)
+    for n in range(3):
+        small.put(f"r{n}", None, ["x" * 100], {"id": f"r{n}"})
+        wait_for(lambda: not small.pending, what="the write")
+        time.sleep(0.01)
+    assert small.get("r0", None) is None and small.get("r2", None) is not None
+    small.close()
+
+    expired = ConversationStore(tmp_path / "ttl.sqlite3", max_entries=100, max_bytes=10**6, ttl_s=0.2)
+    expired.put("old", None, [], {"id": "old"})
+    wait_for(lambda: not expired.pending, what="the write")
+    time.sleep(0.3)
+    assert expired.get("old", None) is None
+    expired.close()
+
+
+def test_replay_drops_item_ids_and_reasoning_that_cannot_be_replayed():
+    entry = {"input": [{"type": "message", "role": "user", "content": "a"}],
+             "output": [{"id": "rs_1", "type": "reasoning", "summary": []},
+                        {"id": "rs_2", "type": "reasoning", "summary": [], "encrypted_content": "enc"},
+                        {"id": "msg_1", "type": "message", "status": "completed", "role": "assistant", "content": []}]}
+    assert replay_items(entry) == [
+        {"type": "message", "role": "user", "content": "a"},
+        {"type": "reasoning", "summary": [], "encrypted_content": "enc"},
+        {"type": "message", "role": "assistant", "content": []},
+    ]
+
+
+# --- through the proxy, with the openai SDK ----------------------------------------------------
+
+def texts(items: list) -> list[str]:
+    """The text of each message item of an upstream input, in order."""
+    out = []
+    for item in items:
+        if item.get("type") == "message":
+            content = item["content"]
+            out.append(content if isinstance(content, str) else "".join(p.get("text", "") for p in content))
+    return out
+
+
+def test_three_turns_by_previous_response_id_only(make_proxy, fake):
+    proxy = make_proxy()
+    acct = proxy.fake_accounts[0]
+    oai = openai.OpenAI(base_url=proxy.url + "/v1", api_key=proxy.key, max_retries=0, timeout=30)
+    fake.script(acct, B.ok(text="Hello Ada."), B.ok(text="You are Ada."), B.ok(text="Ada, as said."))
+
+    first = oai.responses.create(model="gpt-5.5", input="My name is Ada.")
+    assert first.output_text == "Hello Ada."
+    second = oai.responses.create(model="gpt-5.5", input="What is my name?", previous_response_id=first.id)
+    sent = fake.requests[-1].json
+    assert "previous_response_id" not in sent and sent["store"] is False
+    assert texts(sent["input"]) == ["My name is Ada.", "Hello Ada.", "What is my name?"]
+    assert all("id" not in item for item in sent["input"])  # store=false: the backend knows no item ids
+    assert second.output_text == "You are Ada."
+
+    # the third turn streams, still by id only
+    with oai.responses.stream(model="gpt-5.5", input="Sure?", previous_response_id=second.id) as stream:
+        third = stream.get_final_response()
+    assert third.output_text == "Ada, as said."
+    assert texts(fake.requests[-1].json["input"]) == ["My name is Ada.", "Hello Ada.", "What is my name?",
+                                                      "You are Ada.", "Sure?"]
+    # a streamed answer is kept too, and can be read back
+    wait_for(lambda: httpx.get(f"{proxy.url}/v1/responses/{third.id}", headers=proxy.auth, timeout=30).status_code == 200,
+             what="the streamed response to be kept")
+    kept = oai.responses.retrieve(second.id)
+    assert kept.id == second.id and kept.output_text == "You are Ada."
+
+    # the kept file: beside the log store, private, no secret in it
+    path = proxy.data_dir / FILE_NAME
+    assert path.exists() and stat.S_IMODE(path.stat().st_mode) == 0o600
+    raw = b"".join(p.read_bytes() for p in proxy.data_dir.glob(FILE_NAME + "*"))
+    assert proxy.key.encode() not in raw and acct.access_token.encode() not in raw
+
+
+def test_unknown_id_other_keys_and_codex_traffic(make_proxy, fake):
+    proxy = make_proxy()
+    fake.set_default(proxy.fake_accounts[0], B.ok(text="ok"))
+    oai = openai.OpenAI(base_url=proxy.url + "/v1", api_key=proxy.key, max_retries=0, timeout=30)
+    before = len(fake.requests)
+    with pytest.raises(openai.BadRequestError) as info:
+        oai.responses.create(model="gpt-5.5", input="x", previous_response_id="resp_never_issued")
+    assert info.value.status_code == 400
+    assert info.value.body["code"] == "previous_response_not_found" and info.value.body["param"] == "previous_response_id"
+    assert "resp_never_issued" in info.value.body["message"]
+    assert len(fake.requests) == before  # refused here, not sent upstream
+    with pytest.raises(openai.NotFoundError):
+        oai.responses.retrieve("resp_never_issued")
+
+    mine = oai.responses.create(model="gpt-5.5", input="secret plan")
+    other = openai.OpenAI(base_url=proxy.url + "/v1", api_key=proxy.create_key("other"), max_retries=0, timeout=30)
+    with pytest.raises(openai.BadRequestError) as info:
+        other.responses.create(model="gpt-5.5", input="x", previous_response_id=mine.id)
+    assert info.value.body["code"] == "previous_response_not_found"
+
+    # Codex sends store=false: nothing is kept, and its body goes upstream byte for byte
+    codex_body = {"model": "gpt-5-codex", "instructions": "", "stream": True, "store": False,
+                  "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}]}
+    raw = json.dumps(codex_body, separators=(",", ":")).encode()
+    with httpx.stream("POST", proxy.url + "/v1/responses", content=raw, timeout=30,
+                      headers={**proxy.auth, "content-type": "application/json", "originator": "codex_exec",
+                               "user-agent": "codex_exec/0.169.0"}) as r:
+        events = [line for line in r.iter_lines() if line.startswith("data:")]
+    assert r.status_code == 200 and events
+    assert fake.requests[-1].body == raw
+    codex_id = json.loads(events[-1][5:])["response"]["id"]
+    time.sleep(0.5)
+    assert httpx.get(f"{proxy.url}/v1/responses/{codex_id}", headers=proxy.auth, timeout=30).status_code == 404
+
+
+def test_the_cap_evicts_the_oldest_and_off_refuses_the_field(make_proxy, fake):
+    proxy = make_proxy({"plugins": {"adapter": {"conversations": {"max_entries": 2}}}})
+    fake.set_default(proxy.fake_accounts[0], B.ok(text="ok"))
+    oai = openai.OpenAI(base_url=proxy.url + "/v1", api_key=proxy.key, max_retries=0, timeout=30)
+    ids = []
+    for n in range(3):
+        ids.append(oai.responses.create(model="gpt-5.5", input=f"turn {n}").id)
+        wait_for(lambda: httpx.get(f"{proxy.url}/v1/responses/{ids[-1]}", headers=proxy.auth, timeout=30).status_code == 200,
+                 what="the response to be kept")
+        time.sleep(0.05)
+    with pytest.raises(openai.BadRequestError) as info:
+        oai.responses.create(model="gpt-5.5", input="x", previous_response_id=ids[0])
+    assert info.value.body["code"] == "previous_response_not_found"
+    oai.responses.create(model="gpt-5.5", input="x", previous_response_id=ids[1])  # the newer ones stay
+    assert texts(fake.requests[-1].json["input"]) == ["turn 1", "ok", "x"]
+
+    off = make_proxy({"plugins": {"adapter": {"conversations": {"enabled": False}}}}, name="off")
+    client = openai.OpenAI(base_url=off.url + "/v1", api_key=off.key, max_retries=0, timeout=30)
+    with pytest.raises(openai.BadRequestError) as info:
+        client.responses.create(model="gpt-5.5", input="x", previous_response_id="resp_1")
+    assert info.value.body["param"] == "previous_response_id" and "enabled" in info.value.body["message"]
+    assert not (off.data_dir / FILE_NAME).exists()
