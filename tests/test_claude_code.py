@@ -119,11 +119,12 @@ def test_claude_code_runs_a_tool(proxy, fake, tmp_path):
     assert first["prompt_cache_key"] == second["prompt_cache_key"]  # one conversation
 
 
-@pytest.mark.xfail(strict=True, reason="open issue #12: without --model Claude Code asks for claude-* models, "
-                                       "which the Codex backend refuses")
 def test_claude_code_without_model_gets_a_backend_model(proxy, fake, tmp_path):
+    """Issue #12 (fixed by the default model aliases): with no --model Claude Code asks for its own
+    claude-* models, which the Codex backend refuses; the upstream must get a model it serves."""
     fake.set_default(proxy.fake_accounts[0], B.ok(text="Hello"))
     result = run_claude(proxy, tmp_path, "say hello", model=None)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert result.stdout.strip() == "Hello"
     models = [r.json.get("model") for r in fake.requests]
-    assert result.returncode == 0 and models
-    assert not any(str(m).startswith("claude") for m in models), models
+    assert models and all(m == "gpt-5.5" for m in models), models  # config.yaml's default aliases
