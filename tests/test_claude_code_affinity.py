@@ -140,3 +140,21 @@ def test_claude_code_tool_step_carries_the_reasoning(proxy, fake, tmp_path):
     reasoning = [i for i in items if i["type"] == "reasoning"]
     assert [r["encrypted_content"] for r in reasoning] == ["enc_cc_step"]
     assert items.index(reasoning[0]) < next(i for i, it in enumerate(items) if it["type"] == "function_call")
+
+
+def test_chat_client_tool_step_carries_the_reasoning(proxy, fake):
+    """The openai SDK keeps unknown message fields: reasoning_details goes back as received."""
+    fake.script(proxy.fake_accounts[0], reasoning_then_call("enc_chat_step", "get_weather", {"city": "Paris"}),
+                B.ok(text="Sunny."))
+    oai = openai.OpenAI(base_url=proxy.url + "/v1", api_key=proxy.key, max_retries=0, timeout=30)
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    ask = [{"role": "user", "content": "Weather in Paris?"}]
+    first = oai.chat.completions.create(model="gpt-5.5(medium)", messages=ask, tools=tools)
+    message = first.choices[0].message
+    assert message.model_extra["reasoning_details"][0]["data"].endswith("enc_chat_step")
+    call = message.tool_calls[0]
+    oai.chat.completions.create(model="gpt-5.5(medium)", tools=tools, messages=ask + [
+        message.model_dump(exclude_none=True), {"role": "tool", "tool_call_id": call.id, "content": "sunny"}])
+    items = fake.requests[-1].json["input"]
+    assert [i["type"] for i in items] == ["message", "reasoning", "function_call", "function_call_output"]
+    assert items[1]["encrypted_content"] == "enc_chat_step"

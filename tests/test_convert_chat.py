@@ -488,3 +488,30 @@ def test_chat_session_order():
     by_user = chat_session({"user": "alice@example.com"}, {})
     assert by_user.startswith("user-") and "alice" not in by_user
     assert chat_session({}, {}) is None
+
+
+# --- encrypted reasoning round trip (reasoning_details, as OpenRouter shapes it) --------------
+
+OURS = {"type": "reasoning.encrypted", "data": "codexproxy.reasoning.v1:gAAAAABpre-FULL-ENCRYPTED",
+        "format": "openai-responses-v1", "index": 0}
+
+
+def test_reasoning_details_in_the_stream_and_the_message():
+    details = [d["reasoning_details"] for d in deltas(stream("parallel_tools")) if "reasoning_details" in d]
+    assert details == [[OURS]]
+    _, body = aggregate("reasoning")
+    assert body["choices"][0]["message"]["reasoning_details"] == [OURS]
+    _, body = aggregate("text")
+    assert "reasoning_details" not in body["choices"][0]["message"]
+
+
+def test_reasoning_details_we_issued_come_back_as_reasoning_items():
+    body = chat_to_responses({"model": "gpt-5.5", "messages": [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}],
+         "reasoning_details": [OURS, {"type": "reasoning.summary", "summary": "thought"},
+                               {"type": "reasoning.encrypted", "data": "someone-elses-blob"}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]})
+    assert [i["type"] for i in body["input"]] == ["message", "reasoning", "function_call", "function_call_output"]
+    assert body["input"][1] == {"type": "reasoning", "summary": [], "encrypted_content": "gAAAAABpre-FULL-ENCRYPTED"}

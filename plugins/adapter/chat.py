@@ -12,6 +12,7 @@ from typing import Any
 
 from codexproxy.exchange import GatewayError
 
+from .reasoning import reasoning_detail, reasoning_from_details
 from .common import (bad_request, checked_role, require_model_and_messages, Aggregate, EventStream, ToolCall, message_text, parse_model_effort,
                      reasoning_fields, reasoning_text, usage_counts)
 
@@ -133,6 +134,8 @@ def _convert_messages(messages: list) -> list[dict]:
                 raise _bad(f"'{where}.content' is required.", f"{where}.content")
             items.append(_message("user", _user_parts(content, where)))
         elif role == "assistant":
+            # Encrypted reasoning we issued (reasoning_details) goes first: it led to this turn.
+            items.extend(reasoning_from_details(msg.get("reasoning_details")))
             text = _text_of(content, where)
             if text:
                 items.append(_message("assistant", [{"type": "output_text", "text": text}]))
@@ -338,6 +341,7 @@ class ChatStream(EventStream):
         self.completion_id = completion_id or f"chatcmpl-{uuid.uuid4().hex}"
         self._role_sent = False
         self._reasoned = False
+        self._details = 0  # reasoning_details entries sent
 
     def on_created(self) -> bytes:
         return b"" if self._role_sent else self._chunk({"content": ""})
@@ -365,6 +369,13 @@ class ChatStream(EventStream):
     def on_tool_input(self, index: Any, call: ToolCall, fragment: str) -> bytes:
         key, field = ("custom", "input") if call.custom else ("function", "arguments")
         return self._chunk({"tool_calls": [{"index": call.number, key: {field: fragment}}]})
+
+    def on_item_done(self, index: Any, item: dict[str, Any]) -> bytes:
+        detail = reasoning_detail(item, self._details) if item.get("type") == "reasoning" else None
+        if detail is None:
+            return b""
+        self._details += 1
+        return self._chunk({"reasoning_details": [detail]})
 
     def on_end(self, kind: str, response: dict[str, Any]) -> bytes:
         details = response.get("incomplete_details")
@@ -402,9 +413,11 @@ class ChatAggregate(Aggregate):
 
     def body(self) -> dict[str, Any]:
         """The `chat.completion` object for what the accumulator holds."""
-        text, refusal, reasoning, calls = [], [], [], []
+        text, refusal, reasoning, calls, details = [], [], [], [], []
         for item in self.acc.output():
             kind = item.get("type")
+            if kind == "reasoning" and (detail := reasoning_detail(item, len(details))):
+                details.append(detail)
             if kind == "message":
                 text.append(message_text(item))
                 refusal += [p.get("refusal") or "" for p in item.get("content") or []
@@ -422,6 +435,8 @@ class ChatAggregate(Aggregate):
                                    "refusal": "".join(refusal) or None}
         if any(reasoning):
             message["reasoning_content"] = "\n\n".join(r for r in reasoning if r)
+        if details:
+            message["reasoning_details"] = details
         if calls:
             message["tool_calls"] = calls
         reason = finish_reason(self.acc.terminal, self.acc.incomplete_reason, bool(calls))
