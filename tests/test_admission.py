@@ -4,35 +4,13 @@ the limit, is answered before its body is read, so uploads nobody will use cost 
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import socket
 from pathlib import Path
 
 import httpx
 
 from tests.conftest import RESPONSES_BODY
-
-
-def address(proxy) -> tuple[str, int]:
-    url = httpx.URL(proxy.url)
-    return url.host, url.port
-
-
-def read_answer(sock: socket.socket) -> tuple[int, dict]:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0)
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        body += chunk
-    return int(head.split(b" ", 2)[1]), json.loads(body) if body else {}
+from tests.rawhttp import address, read_json_answer
 
 
 def rss_kib(pid: int) -> int:
@@ -47,7 +25,7 @@ def test_no_key_is_answered_before_the_body(proxy, fake):
         with socket.create_connection(address(proxy), timeout=10) as sock:
             # Only the head is sent: the answer must come without waiting for the body.
             sock.sendall(b"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n" + framing + b"\r\n")
-            status, body = read_answer(sock)
+            status, body = read_json_answer(sock)
             assert status == 401, body
             assert sock.recv(1) == b""  # and the connection is closed: the body is never read
     assert fake.all_requests == []
@@ -58,7 +36,7 @@ def test_an_oversized_content_length_is_refused_on_the_head(make_proxy, fake):
     with socket.create_connection(address(proxy), timeout=10) as sock:
         sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nx-api-key: " + proxy.key.encode() +
                      b"\r\nContent-Type: application/json\r\nContent-Length: 100001\r\n\r\n")
-        status, body = read_answer(sock)
+        status, body = read_json_answer(sock)
     assert status == 413
     assert body["type"] == "error" and body["error"]["type"] == "request_too_large"  # Anthropic's shape
     assert fake.all_requests == []
@@ -98,7 +76,7 @@ def test_a_burst_of_unauthenticated_uploads_leaves_memory_alone(proxy, fake):
             except OSError:
                 pass  # refused and closed mid-upload: expected
             try:
-                return read_answer(sock)[0]
+                return read_json_answer(sock)[0]
             except (OSError, IndexError, ValueError):
                 return 0
 

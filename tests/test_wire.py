@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import socket
 import time
 import zlib
 
@@ -14,6 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import RESPONSES_BODY
+from tests.rawhttp import raw_request
 from tests.fakeupstream import B
 
 CODEX_HEADERS = {
@@ -87,30 +87,6 @@ def test_a_session_comes_from_prompt_cache_key_when_the_client_sent_none(proxy, 
     assert fake.requests[-1].headers["session_id"] == "conv-42"
 
 
-def raw_request(proxy, head: bytes, body: bytes = b"") -> tuple[int, bytes]:
-    host, port = httpx.URL(proxy.url).host, httpx.URL(proxy.url).port
-    with socket.create_connection((host, port), timeout=15) as sock:
-        sock.sendall(head + body)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-        status = int(data.split(b" ", 2)[1]) if data.startswith(b"HTTP/") else 0
-        head_end = data.find(b"\r\n\r\n") + 4
-        length = 0
-        for line in data[:head_end].split(b"\r\n"):
-            if line.lower().startswith(b"content-length:"):
-                length = int(line.split(b":")[1])
-        while len(data) - head_end < length:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-        return status, data[head_end:]
-
-
 @pytest.mark.parametrize("value", [b"a\rX-Injected: 1", b"a\x00b", b"a\x7fb", b"a\r\n GET /backend-api/wham/usage HTTP/1.1"],
                          ids=["bare-cr", "nul", "del", "obs-fold"])
 def test_a_header_with_a_control_character_never_reaches_the_upstream(proxy, fake, value):
@@ -118,7 +94,7 @@ def test_a_header_with_a_control_character_never_reaches_the_upstream(proxy, fak
     head = (b"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " + proxy.key.encode() +
             b"\r\nContent-Type: application/json\r\nx-codex-turn-metadata: " + value +
             b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n")
-    status, answer = raw_request(proxy, head, body)
+    status, answer = raw_request(proxy, head + body)
     assert len(fake.all_requests) == 0  # nothing at all reached the upstream
     assert status == 400, answer
     if answer:
