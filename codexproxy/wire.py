@@ -10,11 +10,19 @@ holds the proxy to it):
 - `Authorization` / `ChatGPT-Account-Id`: the pool account's (or the fallback upstream's key);
 - `Content-Length` recomputed; `Content-Encoding` gone (the body goes upstream decoded);
   `Accept-Encoding: identity` (the proxy reads the SSE stream, it must not come compressed);
+- `Accept: text/event-stream` (`application/json` for compaction) and `Content-Type:
+  application/json`: the upstream request is always a JSON POST whose answer streams, whatever
+  the client asked of the proxy;
 - hop-by-hop headers and the client's platform key are dropped, and so is every header that
   is not in the pass-through list below (an SDK's telemetry headers are no business of
   chatgpt.com);
 - `originator` / `User-Agent` are the client's for Codex clients, the configured ones otherwise;
 - a `session_id` is added from the body's `prompt_cache_key` when the client sent no session.
+
+The body goes upstream as the client's own bytes unless a plugin changed it (the adapter:
+`stream` true, `store` false, fields the backend rejects stripped, a string `input` spelled out
+as one message, `include` gaining `reasoning.encrypted_content` for a conversation the proxy
+keeps for `previous_response_id`; converted protocols per its mapping).
 
 No value with a control character ever reaches the upstream: a CR, LF or NUL in a header value
 would let a key holder split the upstream request (inject headers, or a second request under

@@ -114,6 +114,8 @@ ALLOWED_HEADER_DIFFERENCES: dict[str, tuple[str, Rule]] = {
     "content-length": ("recomputed", _content_length),
     "content-encoding": ("gone: the body goes upstream decoded", _expect(lambda c: None)),
     "accept-encoding": ("identity: the proxy parses the SSE", _expect(lambda c: "identity")),
+    "accept": ("text/event-stream: the upstream request always streams", _expect(lambda c: "text/event-stream")),
+    "content-type": ("application/json: the upstream body is always JSON", _expect(lambda c: "application/json")),
     **{h: ("hop-by-hop: dropped", _hop_by_hop) for h in HOP_BY_HOP},
     "originator": ("the client's for Codex clients, else the configured one", _client_or_configured(CONFIG_ORIGINATOR)),
     "user-agent": ("the client's for Codex clients, else the configured one", _client_or_configured(CONFIG_USER_AGENT)),
@@ -394,6 +396,12 @@ ALLOWED_BODY_DIFFERENCES: dict[str, tuple[str, Callable[[Any, Any], str | None]]
     "store": ("must be false upstream", lambda d, p: None if p is False else "expected false"),
     **{f: ("rejected by the backend, stripped", lambda d, p: None if p is None else "expected it stripped")
        for f in ("temperature", "top_p", "max_output_tokens", "truncation", "user", "previous_response_id")},
+    # a conversation the proxy keeps for previous_response_id (store not false) carries its
+    # reasoning: the encrypted reasoning is asked for, nothing else is added
+    "include": ("gains reasoning.encrypted_content when the proxy keeps the conversation",
+                lambda d, p: None if p == d or (isinstance(p, list) and set(d or []) <= set(p)
+                                                and set(p) - set(d or []) == {"reasoning.encrypted_content"})
+                else "expected the client's include"),
     # the Responses API's own meaning of a string input, spelled out (the adapter's normalisation)
     "input": ("a string input becomes one user message item",
               lambda d, p: None if p == d or (isinstance(d, str) and p == [
