@@ -103,7 +103,9 @@ class LogStore:
     # --- writing --------------------------------------------------------------------------
     def append(self, row: dict[str, Any]) -> dict[str, Any]:
         row.setdefault("time", time.time())
-        line = (json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+        # backslashreplace: a lone surrogate a client sent (its request was refused, but is
+        # logged) is written as its JSON escape, which reads back as the same string.
+        line = (json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8", "backslashreplace")
         with self._lock:
             fd = self._open_current()
             if os.fstat(fd).st_nlink == 0:  # `logs clear` (another process) removed our segment

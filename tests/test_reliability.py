@@ -279,9 +279,6 @@ def test_lone_surrogates_get_a_400_never_a_500(pool, fake, route):
     serves_normally(pool)
 
 
-@pytest.mark.xfail(strict=True, reason="the request log cannot store a row whose model holds a lone surrogate: "
-                                       "codexproxy/logstore.py LogStore.append encodes ensure_ascii=False JSON as strict UTF-8 "
-                                       "(the client gets its 400; the row is lost and a traceback logged)")
 def test_a_lone_surrogate_as_the_model_is_answered_and_logged(make_proxy, fake):
     proxy = make_proxy()
     for route in ("/v1/responses", "/v1/chat/completions", "/v1/messages"):
@@ -289,7 +286,7 @@ def test_a_lone_surrogate_as_the_model_is_answered_and_logged(make_proxy, fake):
         r = httpx.post(proxy.url + route, content=json.dumps(body).encode(), timeout=30,
                        headers={**auth_for(proxy, route), "content-type": "application/json"})
         assert 400 <= r.status_code < 500, f"{route}: {r.status_code} {r.text[:200]}"
-    proxy.allow_log_errors = True  # what the xfail is about: asserted here instead
+    proxy.allow_log_errors = True  # asserted here, with a clearer message
     wait_for_rows(proxy, 3)
     no_traceback(proxy.log_text(), "the proxy's output")
     assert len(log_rows(proxy)) == 3
