@@ -109,7 +109,7 @@ def test_claude_code_request_is_accepted_and_mapped():
          "parameters": {"type": "object", "properties": {"path": {"type": "string"}}}},
     ]
     assert body["tool_choice"] == "auto" and body["parallel_tool_calls"] is True
-    assert body["prompt_cache_key"].startswith("anthropic-") and len(body["prompt_cache_key"]) <= 64
+    assert body["prompt_cache_key"].startswith("claude-session-") and len(body["prompt_cache_key"]) <= 64
 
     items = body["input"]
     assert items[0] == {"type": "message", "role": "developer", "content": [{"type": "input_text",
@@ -461,7 +461,7 @@ def test_session_prefers_the_claude_code_header():
     body = {"metadata": {"user_id": "user_1_session_a"}}
     by_header = anthropic_session(body, {"x-claude-code-session-id": "3f1c"})
     by_user = anthropic_session(body, {})
-    assert by_header != by_user and by_header.startswith("anthropic-") and len(by_header) <= 64
+    assert by_header != by_user and by_header.startswith("claude-session-") and len(by_header) <= 64
     assert anthropic_session({}, {}) is None
     assert by_user == anthropic_to_responses({"model": "m", "messages": [{"role": "user", "content": "x"}],
                                               **body})["prompt_cache_key"]

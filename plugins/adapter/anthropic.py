@@ -123,7 +123,7 @@ def anthropic_session(body: dict, headers: dict[str, str]) -> str | None:
         session = user_id if isinstance(user_id, str) else None
     if not session:
         return None
-    return "anthropic-" + hashlib.sha256(session.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return "claude-session-" + hashlib.sha256(session.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def _message(role: str, content: list[dict]) -> dict:
