@@ -4,6 +4,8 @@
 - Mitmdump: bare `mitmdump --mode reverse:URL` with the 4-line streaming addon below
   (plain mitmdump buffers SSE whole; this is the floor of codexproxy's core).
 - CodexProxy: `python -m codexproxy run` over the fake, accounts imported and a key made with its CLI.
+- TLS front: nginx with TLS in front of the fake (tests/strict_upstream.py, as the test-suite
+  runs it); mitmdump and codexproxy can be pointed at it instead (`front=`), trusting its test CA.
 - LiteLLM: LiteLLM proxy in a venv of its own (bench/.venv-litellm, created here on first use,
   so it never touches the project's dependencies): no database, local cost map, a master key,
   its OpenAI provider pointed at the fake's Responses endpoint with an account's token.
@@ -121,12 +123,16 @@ class Upstream(Service):
 class Mitmdump(Service):
     name = "mitmdump"
 
-    def __init__(self, workdir: Path, upstream: Upstream) -> None:
+    def __init__(self, workdir: Path, upstream: Upstream, front=None) -> None:
+        """front: a tests.strict_upstream.NginxFront over `upstream` to go through (TLS, its CA trusted)."""
         addon = workdir / "stream_sse.py"
         addon.write_text(MITM_ADDON)
         self.port = free_port()
-        self.proc = subprocess.Popen([str(VENV_BIN / "mitmdump"), "-q", "--mode", f"reverse:{upstream.url}", "--listen-host", "127.0.0.1",
-                                      "--listen-port", str(self.port), "-s", str(addon), "--set", f"confdir={workdir / 'mitm-conf'}"],
+        target = front.url if front else upstream.url
+        tls = ["--set", f"ssl_verify_upstream_trusted_ca={front.ca_file}"] if front else []
+        conf = workdir / ("mitm-conf-tls" if front else "mitm-conf")
+        self.proc = subprocess.Popen([str(VENV_BIN / "mitmdump"), "-q", "--mode", f"reverse:{target}", "--listen-host", "127.0.0.1",
+                                      "--listen-port", str(self.port), "-s", str(addon), "--set", f"confdir={conf}", *tls],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         self.upstream = upstream
         self._wait()
@@ -150,16 +156,19 @@ class Mitmdump(Service):
 class CodexProxy(Service):
     name = "codexproxy"
 
-    def __init__(self, workdir: Path, upstream: Upstream, extra: dict | None = None) -> None:
+    def __init__(self, workdir: Path, upstream: Upstream, extra: dict | None = None, front=None) -> None:
+        """front: a tests.strict_upstream.NginxFront over `upstream` to go through (TLS, its CA trusted)."""
         import yaml
 
-        self.dir = workdir / "codexproxy"
+        self.dir = workdir / ("codexproxy-tls" if front else "codexproxy")
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
+        url = front.url if front else upstream.url
         config = {"server": {"host": "127.0.0.1", "port": self.port, "drain_timeout_s": 1},
                   "storage": {"path": str(self.dir / "data" / "codexproxy.json")},
-                  "upstream": {"base_url": upstream.codex_base, "usage_base_url": upstream.url + "/backend-api", "stream_idle_timeout_s": 60},
-                  "oauth": {"issuer": upstream.url, "login_addr": "127.0.0.1:0"}}
+                  "upstream": {"base_url": url + "/backend-api/codex", "usage_base_url": url + "/backend-api",
+                               "stream_idle_timeout_s": 60, **({"ca_file": front.ca_file} if front else {})},
+                  "oauth": {"issuer": url, "login_addr": "127.0.0.1:0"}}
         for section, values in (extra or {}).items():
             config.setdefault(section, {}).update(values)
         self.config_path = self.dir / "config.yaml"

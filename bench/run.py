@@ -4,10 +4,12 @@
     .venv/bin/python bench/run.py --quick    # shorter rounds (~2 min)
     .venv/bin/python bench/run.py --profile  # also: py-spy over codexproxy under load, top frames
     .venv/bin/python bench/run.py --no-litellm
+    .venv/bin/python bench/run.py --quick --no-litellm --latency-only   # the latency lines only (~1 min)
 
 Every baseline is started here: the fake upstream in its own process (the direct path), bare
 mitmdump in reverse mode with the 4-line SSE streaming addon, LiteLLM proxy (own venv), and
-codexproxy itself. Rounds are interleaved (each round visits every target in turn) and the
+codexproxy itself; for the TLS line also nginx with TLS in front of the fake (the test-suite's
+strict upstream) and a second mitmdump and codexproxy pointed at it. Rounds are interleaved (each round visits every target in turn) and the
 numbers are medians, so a noisy neighbour hurts all targets alike. See bench/README.md for
 what each line means.
 """
@@ -35,6 +37,7 @@ from bench import baselines  # noqa: E402
 from bench.baselines import CodexProxy, LiteLLM, Mitmdump, Upstream, rss_mb  # noqa: E402
 from bench.load import Conn, closed_loop, median, percentile, stamps  # noqa: E402
 from bench.upstream import stamped_text  # noqa: E402
+from tests.strict_upstream import NginxFront  # noqa: E402
 
 
 @dataclass
@@ -68,16 +71,25 @@ def ok_stream(resp) -> bool:
 
 
 class Target:
-    """Something requests are sent to: a port and a function making the request."""
+    """Something requests are sent to: a port and a function making the request (over TLS
+    when `tls` is an SSL context: the nginx front itself, as the direct path of the TLS line)."""
 
-    def __init__(self, name: str, port: int, make) -> None:
-        self.name, self.port, self.make = name, port, make
+    def __init__(self, name: str, port: int, make, tls=None) -> None:
+        self.name, self.port, self.make, self.tls = name, port, make, tls
+
+
+async def open_conn(t: Target) -> Conn:
+    if t.tls is None:
+        return await Conn.open("127.0.0.1", t.port)
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection("127.0.0.1", t.port, ssl=t.tls, server_hostname="127.0.0.1", limit=1 << 22), 10)
+    return Conn(reader, writer, "127.0.0.1", t.port)
 
 
 # --- 1. added latency, sequential keep-alive ---------------------------------------------------
 
 async def latency(targets: list[Target], sizes: Sizes) -> dict[str, list[float]]:
-    conns = {t.name: await Conn.open("127.0.0.1", t.port) for t in targets}
+    conns = {t.name: await open_conn(t) for t in targets}
     samples: dict[str, list[float]] = {t.name: [] for t in targets}
     for t in targets:  # warm-up: connections, caches, the upstream keep-alive
         for _ in range(10):
@@ -88,7 +100,7 @@ async def latency(targets: list[Target], sizes: Sizes) -> dict[str, list[float]]
             conn = conns[t.name]
             for _ in range(sizes.latency_requests):
                 if conn.closed:
-                    conn = conns[t.name] = await Conn.open("127.0.0.1", t.port)
+                    conn = conns[t.name] = await open_conn(t)
                 resp = await conn.request(*t.make())
                 if not ok_stream(resp):
                     raise RuntimeError(f"{t.name}: {resp.status} {resp.body[:200]!r}")
@@ -348,12 +360,17 @@ def verdict(ok: bool | None) -> str:
     return "-" if ok is None else ("PASS" if ok else "MISS")
 
 
+class LatencyOnly(Exception):
+    """--latency-only: the table ends after the latency lines."""
+
+
 async def main_async(args) -> int:
     sizes = QUICK if args.quick else FULL
     workdir = Path(tempfile.mkdtemp(prefix="codexproxy-bench-"))
     services = []
     rows: list[tuple[str, str, str, str]] = []  # measure, value, target, verdict
     details: list[str] = []
+    profile_lines: list[str] = []
     try:
         log("starting the fake upstream, mitmdump and codexproxy")
         up = Upstream(workdir, accounts=2)
@@ -362,6 +379,13 @@ async def main_async(args) -> int:
         services.append(mitm)
         cp = CodexProxy(workdir, up)
         services.append(cp)
+        log("starting nginx with TLS in front of the fake, and mitmdump and codexproxy over it")
+        front = NginxFront(up.port).start()
+        services.append(front)
+        mitm_tls = Mitmdump(workdir, up, front=front)
+        services.append(mitm_tls)
+        cp_tls = CodexProxy(workdir, up, front=front)
+        services.append(cp_tls)
         ll = None
         ll_reason = "skipped (--no-litellm)"
         if not args.no_litellm:
@@ -385,22 +409,35 @@ async def main_async(args) -> int:
         t_mitm = Target("mitmdump", mitm.port, mitm.request)
         t_cp = Target("codexproxy", cp.port, cp.request)
         targets = [direct, t_mitm, t_cp] + ([Target("litellm", ll.port, ll.request)] if ll else [])
+        tls_targets = [Target("direct-tls", front.port, up.direct_request, tls=front.ssl_context()),
+                       Target("mitmdump-tls", mitm_tls.port, mitm_tls.request),
+                       Target("codexproxy-tls", cp_tls.port, cp_tls.request)]
 
-        # 1. latency
+        # 1. latency (the TLS targets take part in the same interleaved rounds)
         log(f"latency: {sizes.latency_rounds} rounds x {sizes.latency_requests} sequential requests per target")
-        lat = await latency(targets, sizes)
+        lat = await latency(targets + tls_targets, sizes)
         p = {name: (median(v) * 1000, percentile(v, 0.99) * 1000) for name, v in lat.items()}
-        added = {name: (p[name][0] - p["direct"][0], p[name][1] - p["direct"][1]) for name in p}
+        # each path's added latency is over its own direct path (the TLS ones: over nginx itself)
+        added = {name: (p[name][0] - p[base][0], p[name][1] - p[base][1])
+                 for name in p for base in ["direct-tls" if name.endswith("-tls") else "direct"]}
         r50 = added["codexproxy"][0] / added["mitmdump"][0] if added["mitmdump"][0] > 0 else float("nan")
         r99 = added["codexproxy"][1] / added["mitmdump"][1] if added["mitmdump"][1] > 0 else float("nan")
+        rt50 = added["codexproxy-tls"][0] / added["mitmdump-tls"][0] if added["mitmdump-tls"][0] > 0 else float("nan")
         rows.append(("added latency per small streamed request, p50: codexproxy / bare mitmdump", fmt(r50), "<= 1.3", verdict(r50 <= 1.3)))
         rows.append(("added latency per small streamed request, p99: codexproxy / bare mitmdump", fmt(r99), "<= 1.3", verdict(r99 <= 1.3)))
+        # TLS to the upstream must not cost codexproxy more, relatively, than it costs mitmdump:
+        # the ratio may not exceed the plain line's (10% allowed for noise between two ratios).
+        rows.append(("added latency p50 over a TLS upstream (nginx): codexproxy / bare mitmdump", fmt(rt50),
+                     f"<= plain x 1.1 ({r50 * 1.1:.2f})", verdict(rt50 <= r50 * 1.1)))
         if ll:
             rows.append(("added latency p50: LiteLLM / codexproxy (how many times more LiteLLM adds)",
                          fmt(added["litellm"][0] / added["codexproxy"][0]), "-", "-"))
         for name in p:
-            details.append(f"latency {name:10s}: p50 {p[name][0]:7.2f} ms  p99 {p[name][1]:7.2f} ms  "
+            details.append(f"latency {name:14s}: p50 {p[name][0]:7.2f} ms  p99 {p[name][1]:7.2f} ms  "
                            f"added over direct p50 {added[name][0]:6.2f} ms  p99 {added[name][1]:6.2f} ms  (n={len(lat[name])})")
+
+        if args.latency_only:
+            raise LatencyOnly
 
         # 2. throughput
         log(f"throughput: 50 clients, {sizes.tput_rounds} rounds x {sizes.tput_seconds:g}s per target")
@@ -490,10 +527,11 @@ async def main_async(args) -> int:
         details.append("converter throughput relative to SSE parsing alone: " +
                        ", ".join(f"{name.split(' ')[0]} {ev / base_ev:.2f}x" for name, ev in conv.items()))
 
-        profile_lines: list[str] = []
         if args.profile:
             log("profile: py-spy over codexproxy at 50 concurrent clients")
             profile_lines = await profile_codexproxy(cp, workdir)
+    except LatencyOnly:
+        pass
     finally:
         for s in reversed(services):
             s.stop()
@@ -523,6 +561,7 @@ def main() -> int:
     ap.add_argument("--profile", action="store_true", help="also profile codexproxy under load with py-spy")
     ap.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM baseline")
     ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    ap.add_argument("--latency-only", action="store_true", help="only the added-latency lines (plain and TLS upstream)")
     args = ap.parse_args()
     try:
         return asyncio.run(main_async(args))
