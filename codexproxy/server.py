@@ -81,6 +81,25 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _quiet_cancelled_connections(loop: asyncio.AbstractEventLoop) -> None:
+    """Stopping cancels the handlers of idle kept-alive client connections; CPython 3.12.1's
+    asyncio then reports each cancellation as an error with a traceback (its stream callback
+    calls task.exception() on a cancelled task). A cancelled connection is the plan, not a
+    crash: every other error still goes to the handler that was there before (mitmproxy's while
+    it runs, asyncio's default after)."""
+    previous = loop.get_exception_handler()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        if isinstance(context.get("exception"), asyncio.CancelledError):
+            return
+        if previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+
+
 class ProxyServer:
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -121,6 +140,9 @@ class ProxyServer:
         )
         self.app.running = True
         self.app.hook.codexproxy_startup(app=self.app)
+        # Before run(): mitmproxy's run() puts back the handler it found when it ends, and the
+        # connections it cancels at shutdown report after that (see the function).
+        _quiet_cancelled_connections(asyncio.get_running_loop())
         self._run_task = asyncio.create_task(self.master.run())
         for _ in range(200):
             await asyncio.sleep(0.02)
@@ -165,6 +187,7 @@ class ProxyServer:
         if self.master is None:
             return
         self.gateway.closing = True
+        _quiet_cancelled_connections(asyncio.get_running_loop())  # closing listeners cancels connections
         try:
             await self.proxyserver.servers.update([])
         except Exception:

@@ -81,17 +81,6 @@ def clean_env(extra: dict[str, str] | None = None, home: str | os.PathLike | Non
 CRASH_MARKERS = ("has crashed", "Traceback (most recent call last)")
 
 
-def _benign(lines: list[str], start: int) -> bool:
-    """CPython 3.12.0/3.12.1 (the pyenv 3.12 scripts/dev prefers) logs a CancelledError traceback
-    from asyncio's StreamReaderProtocol callback whenever a server's connection task is cancelled
-    -- as mitmproxy does to open client connections at shutdown. Later 3.12s check
-    task.cancelled() first. Python's noise, not a proxy crash: only that exact shape is ignored."""
-    context = " ".join(lines[max(0, start - 3):start])
-    end = next((i for i in range(start + 1, len(lines)) if lines[i] and not lines[i][0].isspace()), None)
-    return ("StreamReaderProtocol.connection_made.<locals>.callback" in context and end is not None
-            and lines[end].strip() == "asyncio.exceptions.CancelledError")
-
-
 class Proxy:
     """One codexproxy: its config file and data dir, the CLI, and (once started) the server."""
 
@@ -115,7 +104,7 @@ class Proxy:
     def crash_lines(self, since: int = 0) -> list[int]:
         """Indexes (into self.output) of the lines that show a crash."""
         return [i for i in range(since, len(self.output))
-                if any(m in self.output[i] for m in CRASH_MARKERS) and not _benign(self.output, i)]
+                if any(m in self.output[i] for m in CRASH_MARKERS)]
 
     @property
     def store_path(self) -> Path:
