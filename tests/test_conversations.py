@@ -50,9 +50,10 @@ def test_store_caps_evict_the_oldest_and_entries_belong_to_their_key(tmp_path):
 
 def test_replay_drops_item_ids_and_reasoning_that_cannot_be_replayed():
     entry = {"input": [{"type": "message", "role": "user", "content": "a"}],
-             "output": [{"id": "rs_1", "type": "reasoning", "summary": []},
-                        {"id": "rs_2", "type": "reasoning", "summary": [], "encrypted_content": "enc"},
-                        {"id": "msg_1", "type": "message", "status": "completed", "role": "assistant", "content": []}]}
+             "response": {"id": "resp_1", "output": [
+                 {"id": "rs_1", "type": "reasoning", "summary": []},
+                 {"id": "rs_2", "type": "reasoning", "summary": [], "encrypted_content": "enc"},
+                 {"id": "msg_1", "type": "message", "status": "completed", "role": "assistant", "content": []}]}}
     assert replay_items(entry) == [
         {"type": "message", "role": "user", "content": "a"},
         {"type": "reasoning", "summary": [], "encrypted_content": "enc"},

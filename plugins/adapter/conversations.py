@@ -35,7 +35,8 @@ def replay_items(entry: dict[str, Any]) -> list[dict[str, Any]]:
     "Item ... not found"); reasoning without encrypted content cannot be replayed at all.
     """
     items = list(entry.get("input") or [])
-    for item in entry.get("output") or []:
+    response = entry.get("response") if isinstance(entry.get("response"), dict) else {}
+    for item in response.get("output") or []:
         if not isinstance(item, dict):
             continue
         if item.get("type") == "reasoning" and not item.get("encrypted_content"):
@@ -65,7 +66,7 @@ class ConversationStore:
         self._db.execute("CREATE INDEX IF NOT EXISTS responses_created ON responses (created)")
 
     def get(self, response_id: str, key_id: str | None) -> dict[str, Any] | None:
-        """The kept entry {"input", "output", "response"} of this key, or None (unknown,
+        """The kept entry {"input", "response"} of this key, or None (unknown,
         expired, evicted, or another key's)."""
         entry = self.pending.get(response_id)
         if entry is None:
@@ -80,7 +81,7 @@ class ConversationStore:
         return entry
 
     def put(self, response_id: str, key_id: str | None, input_items: list, response: dict[str, Any]) -> None:
-        data = {"input": input_items, "output": response.get("output") or [], "response": response}
+        data = {"input": input_items, "response": response}  # the output is the response's
         self.pending[response_id] = {"key_id": key_id, **data}
         self._writer.submit(self._write, response_id, key_id, data)
 
