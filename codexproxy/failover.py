@@ -251,9 +251,13 @@ class FailoverHttpStream(HttpStream):
             return False
 
     def _forget_failed_connections(self) -> None:
+        # Only connections that never got past TCP: one whose TLS handshake failed is still
+        # closing, and the HTTP layer will route its close event by this key (a KeyError crash
+        # if it is gone). Such a failure is the upstream's, not an account's: it is not retried.
         for parent in self.context.layers:
             if isinstance(parent, http_layers.HttpLayer):
-                for conn in [c for c in parent.connections if c.error and not c.connected and c is not self.context.client]:
+                for conn in [c for c in parent.connections if c.error and not c.connected and c is not self.context.client
+                             and c.timestamp_tcp_setup is None]:
                     del parent.connections[conn]
 
     # --- failures -----------------------------------------------------------------------------

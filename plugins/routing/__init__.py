@@ -29,6 +29,7 @@ from . import affinity
 log = logging.getLogger("codexproxy.routing")
 
 COOL_5XX = (30.0, 60.0)
+TLS_WORDS = ("certificate", "tls handshake", "ssl")
 COOL_CHALLENGE = 120.0
 COOL_MAX = 30 * 60.0
 
@@ -192,7 +193,7 @@ def codexproxy_upstream_request(app, exchange, headers):
     meaningless at best (after a failover, the conversation starts over there)."""
     if exchange is None or affinity.TURN_STATE not in headers:
         return
-    owner = _bindings(app).owner("turn-state:" + headers[affinity.TURN_STATE])
+    owner = _bindings(app).turn_state_owner(headers[affinity.TURN_STATE])
     if exchange.account is None or owner != exchange.account.id:
         del headers[affinity.TURN_STATE]
 
@@ -231,8 +232,10 @@ def _reauth(app, account_id: str, reason: str) -> None:
 
 def classify(attempt) -> tuple[str, dict]:
     """What went wrong, in one word, with details: usage_limit, rate_limited, unauthorized,
-    deactivated, challenge, server_error, transport, client_error."""
+    deactivated, challenge, server_error, transport, tls, client_error."""
     if attempt.error and attempt.status is None:
+        if any(word in attempt.error.lower() for word in TLS_WORDS):
+            return "tls", {}
         return "transport", {}
     status = attempt.status or 0
     body = attempt.json_body()
@@ -292,6 +295,11 @@ def codexproxy_upstream_failed(app, exchange, attempt):
     attempt.reason = kind
     if kind == "client_error":
         return None  # the request's fault: the client gets the upstream's answer
+    if kind == "tls":
+        # The upstream's certificate, the same for every account: no account is to blame, and
+        # no other account would fare better.
+        return GatewayError(502, f"Upstream TLS failed ({attempt.error}): the upstream's certificate is not trusted. "
+                                 "Check upstream.ca_file and upstream.ssl_verify.", type="server_error", code="upstream_tls_error")
     if account_id is None:
         return None  # fallback upstream or no pool credentials: nothing to fail over from
     account = app.accounts.get(account_id)
@@ -358,7 +366,7 @@ def codexproxy_upstream_response(app, exchange, attempt):
     cfg = app.plugin_config("routing")
     turn_state = attempt.headers.get(affinity.TURN_STATE)
     if turn_state and attempt.account_id and cfg.sticky_ttl_s:
-        _bindings(app).bind(["turn-state:" + turn_state], attempt.account_id, cfg.sticky_ttl_s, cfg.max_bindings)
+        _bindings(app).remember_turn_state(turn_state, attempt.account_id, cfg.sticky_ttl_s, cfg.max_bindings)
 
 
 @hookimpl

@@ -7,6 +7,10 @@ own affinity token, issued by one account and meaningless to any other), then th
 (`session-id` / `session_id` header, else the body's `prompt_cache_key`, as preparation set
 `exchange.session_id`). Keys are stored hashed: a binding never holds a client's token.
 
+Turn-states are remembered in this process only: the upstream issues one per answer, and a
+store write per answer would cost every request a write; one lost on a restart is simply not
+sent again (the session binding still holds the conversation to its account).
+
 Writes go through one background thread: the store fsyncs, and routing runs on the proxy's
 event loop. Reads are in-memory lookups by document id.
 """
@@ -15,7 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
 from tinydb.table import Document
@@ -30,16 +36,6 @@ def _doc_id(key: str) -> int:
     return int(hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:15], 16)
 
 
-def keys_of(exchange) -> list[str]:
-    keys = []
-    turn_state = exchange.headers.get(TURN_STATE)
-    if turn_state:
-        keys.append("turn-state:" + turn_state)
-    if exchange.session_id:
-        keys.append("session:" + exchange.session_id)
-    return keys
-
-
 class Bindings:
     """The store's `affinity` table: {doc id of the key: {"account", "until"}}."""
 
@@ -47,6 +43,8 @@ class Bindings:
         self.app = app
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="affinity")
         self.pending: dict[int, dict] = {}  # written soon: a quick next turn must see them already
+        self.turn_states: OrderedDict[int, tuple[str, float]] = OrderedDict()
+        self.lock = threading.Lock()
 
     def owner(self, key: str, now: float | None = None) -> str | None:
         doc_id = _doc_id(key)
@@ -56,10 +54,22 @@ class Bindings:
         return doc.get("account")
 
     def owner_of(self, exchange) -> str | None:
-        for key in keys_of(exchange):
-            if owner := self.owner(key):
-                return owner
-        return None
+        turn_state = exchange.headers.get(TURN_STATE)
+        if turn_state and (owner := self.turn_state_owner(turn_state)):
+            return owner
+        return self.owner("session:" + exchange.session_id) if exchange.session_id else None
+
+    def remember_turn_state(self, turn_state: str, account_id: str, ttl: float, limit: int) -> None:
+        with self.lock:
+            self.turn_states[_doc_id(turn_state)] = (account_id, time.time() + ttl)
+            self.turn_states.move_to_end(_doc_id(turn_state))
+            while len(self.turn_states) > limit:
+                self.turn_states.popitem(last=False)
+
+    def turn_state_owner(self, turn_state: str) -> str | None:
+        with self.lock:
+            found = self.turn_states.get(_doc_id(turn_state))
+        return found[0] if found and found[1] > time.time() else None
 
     def bind(self, keys: list[str], account_id: str, ttl: float, limit: int) -> None:
         """Bind `keys` to the account (in the background; only what changes is written)."""
