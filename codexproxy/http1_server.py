@@ -31,6 +31,10 @@ DEFAULT_HEAD_TIMEOUT_S = 30.0
 
 def json_error_response(status_code: int, message: str = "") -> bytes:
     """Drop-in for mitmproxy's make_error_response."""
+    if status_code == 400 and "CONNECT request" in message:
+        # mitmproxy's reverse mode refuses CONNECT before any addon sees it, with a message
+        # about its own configuration: say what it means here.
+        status_code, message = 405, "CONNECT is not supported: this is a gateway, not a forward proxy."
     try:
         reason = HTTPStatus(status_code).phrase
     except ValueError:

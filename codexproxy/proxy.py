@@ -217,10 +217,6 @@ class Gateway:
         # Answered now, without reading the body (failover.py closes the connection after).
         flow.metadata[failover.HEAD_ANSWER] = self._rendered(ex, err)
 
-    def http_connect(self, flow: http.HTTPFlow) -> None:
-        # Not a forward proxy: CONNECT never opens a tunnel anywhere.
-        flow.response = http.Response.make(405, json.dumps(GatewayError(405, "CONNECT is not supported: this is a gateway, not a forward proxy.").openai_body()), {"content-type": "application/json"})
-
     async def request(self, flow: http.HTTPFlow) -> None:
         ex: Exchange | None = flow.metadata.get(EXCHANGE)
         try:

@@ -234,6 +234,7 @@ def test_methods_from_a_third_party_plugin(make_proxy, tmp_path):
     plugin = tmp_path / "demo.py"
     plugin.write_text(DEMO_PLUGIN)
     proxy = make_proxy({"plugin_paths": [str(plugin)]}, accounts=0)
+    proxy.allow_log_errors = True  # demo.boom's traceback is logged on purpose (never sent to the client)
     assert result(proxy, "demo.echo", {"a": [1, 2]}) == {"echo": {"a": [1, 2]}}
     cases = {"demo.bad": (400, -32602, "color must be red or blue"), "demo.missing": (404, -32001, "no widget 7"),
              "demo.busy": (503, -32000, "widgets are busy"), "demo.boom": (500, -32603, "Internal error in demo.boom")}

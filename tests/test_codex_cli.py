@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, clean_env
 from tests.fakeupstream import B
 
 pytestmark = pytest.mark.client
@@ -33,7 +33,7 @@ def run_codex(proxy, tmp_path, prompt="say hello", extra=()):
                 f'env_key="CODEXPROXY_API_KEY",wire_api="responses"}}')
     cmd = [codex_binary(), "exec", "--skip-git-repo-check", "-c", "model_provider=codexproxy", "-c", provider,
            "-m", "gpt-5-codex", *extra, prompt]
-    env = {**os.environ, "CODEX_HOME": str(home), "CODEXPROXY_API_KEY": proxy.key}
+    env = clean_env({"CODEX_HOME": str(home), "CODEXPROXY_API_KEY": proxy.key})
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180, cwd=tmp_path, stdin=subprocess.DEVNULL)
 
 
