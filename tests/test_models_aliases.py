@@ -16,6 +16,7 @@ import pytest
 
 from codexproxy.exchange import GatewayError
 from codexproxy_plugins.adapter.aliases import DEFAULT_ALIASES, listed_aliases, match_alias, resolve_model
+from tests.adminkit import result, rpc
 from tests.conftest import REPO, wait_for
 from tests.fakeupstream import B
 
@@ -136,6 +137,15 @@ def test_a_key_with_its_own_alias_map(make_proxy, fake):
     assert sent["model"] == "gpt-5.5" and sent["reasoning"]["effort"] == "low"
     ids = {m["id"]: m["alias_for"] for m in served(proxy, {"authorization": f"Bearer {own}"}) if m.get("alias_for")}
     assert ids["claude-*haiku*"] == "gpt-5-codex(high)" and list(ids)[0] == "claude-*haiku*"
+
+    # the admin API sets the whole map (the status page and `codexproxy rpc` use it)
+    updated = result(proxy, "keys.update", {"id": key_id, "aliases": {"claude-*": "gpt-5"}})
+    assert updated["aliases"] == {"claude-*": "gpt-5"}
+    assert ask(own)["model"] == "gpt-5"
+    r = rpc(proxy, "keys.update", {"id": key_id, "aliases": {"claude-*": 5}})
+    assert r.status_code == 400 and "aliases.claude-*" in r.json()["error"]["message"]
+    r = rpc(proxy, "keys.update", {"id": key_id, "aliases": ["claude-*"]})
+    assert r.status_code == 400 and "aliases" in r.json()["error"]["message"]
 
 
 def test_config_aliases_replace_the_defaults(make_proxy, fake):

@@ -98,7 +98,7 @@ def expires(params: dict, name: str = "expires") -> float | None:
 
 # --- keys --------------------------------------------------------------------------------------
 
-KEY_FIELDS = ("name", "model", "effort", "expires", "rpm", "daily_tokens", "account", "group")
+KEY_FIELDS = ("name", "model", "effort", "expires", "rpm", "daily_tokens", "account", "group", "aliases")
 
 
 def _key(app, params: dict):
@@ -128,6 +128,17 @@ def _key_fields(app, params: dict) -> dict[str, Any]:
         fields["daily_tokens"] = integer(params, "daily_tokens")
     if "group" in params:
         fields["group"] = text(params, "group", 100)
+    if "aliases" in params:  # the key's model aliases, replaced whole: {"pattern": "model"}
+        aliases = params["aliases"] if params["aliases"] is not None else {}
+        if not isinstance(aliases, dict) or len(aliases) > 100:
+            raise BadParams("aliases: must be an object of at most 100 pattern -> model entries")
+        cleaned = {}
+        for pattern, model in aliases.items():
+            checked = text({"aliases": pattern}, "aliases"), text({f"aliases.{pattern}": model}, f"aliases.{pattern}")
+            if not all(checked):
+                raise BadParams("aliases: patterns and models must not be empty")
+            cleaned[checked[0]] = checked[1]
+        fields["aliases"] = cleaned
     if "account" in params:
         ref = text(params, "account")
         account = app.accounts.find(ref) if ref else None
