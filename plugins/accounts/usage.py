@@ -212,7 +212,8 @@ def _fetch(app: Any, account: Account) -> httpx.Response:
         with httpx.Client(timeout=httpx.Timeout(30.0, connect=up.connect_timeout_s), verify=oauth.tls_verify(app.config)) as client:
             return client.get(f"{up.usage_base_url}/wham/usage", headers=headers)
     except httpx.HTTPError as exc:
-        raise UsageError(f"cannot reach {up.usage_base_url}: {exc.__class__.__name__}") from None
+        # The reason matters (an untrusted certificate says so); httpx's text holds no token.
+        raise UsageError(f"cannot reach {up.usage_base_url}: {exc.__class__.__name__}: {exc}") from None
 
 
 def poll_account(app: Any, account: Account) -> Account:
