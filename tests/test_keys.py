@@ -126,7 +126,7 @@ def test_raising_a_limit_takes_effect_at_once(proxy, fake):
     (["keys", "create", " "], "must not be empty"),
     (["keys", "create", "x", "--expires", "soonish"], "--expires"),
     (["keys", "create", "x", "--effort", "huge"], "invalid choice"),
-    (["keys", "create", "x", "--rpm", "many"], "invalid int"),
+    (["keys", "create", "x", "--rpm", "many"], "expected a whole number"),
     (["keys", "disable", "key_nope"], "no key matches"),
 ])
 def test_bad_cli_input_is_one_line_and_changes_nothing(make_proxy, args, needle):

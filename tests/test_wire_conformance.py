@@ -558,7 +558,7 @@ def test_anthropic_messages_converted(capture, wire_proxy, stream):
     assert "sunny" in output["output"]
     assert body["tools"][0]["type"] == "function" and body["tools"][0]["name"] == "get_weather"
     assert body["tools"][0]["parameters"] == tools[0]["input_schema"]
-    assert body["prompt_cache_key"].startswith("anthropic-")
+    assert body["prompt_cache_key"].startswith("claude-session-")
 
 
 def test_claude_code_converted(tmp_path, capture, wire_proxy):
