@@ -198,7 +198,8 @@ def _keeps(app, exchange, body: dict) -> bool:
 def _continue_conversation(app, exchange, body: dict, upstream: dict) -> None:
     previous = body.get("previous_response_id")
     if previous is None:
-        if _keeps(app, exchange, body) and (upstream.get("reasoning") or {}).get("effort") != "none":
+        reasoning = upstream.get("reasoning") if isinstance(upstream.get("reasoning"), dict) else {}
+        if _keeps(app, exchange, body) and reasoning.get("effort") != "none":
             # A kept answer's reasoning can only be replayed with its encrypted content.
             include = upstream.get("include") if isinstance(upstream.get("include"), list) else []
             if "reasoning.encrypted_content" not in include:
