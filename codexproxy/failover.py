@@ -46,7 +46,7 @@ RETRY_AGAIN = "codexproxy.retry_again"  # set by the addon in upstream_retry: re
 ACTIVITY = "codexproxy.activity"  # flow.metadata: monotonic time of the last upstream byte
 ERROR_BODY_LIMIT = 64 * 1024  # enough to read a reason; the rest of a huge error is dropped
 HEAD_ANSWER = "codexproxy.head_answer"  # flow.metadata: answer this now, never read the body
-BODY_CAP = "codexproxy.body_cap"  # flow.metadata: (max bytes, the answer once a body exceeds it)
+BODY_CAP = "codexproxy.body_cap"  # flow.metadata: (max bytes, a function giving the answer once a body exceeds it)
 HOLD = "codexproxy.hold"  # flow.metadata: a watcher; hold a 200 answer back until it says "release"
 STREAM_FAILURE = "codexproxy.stream_failure"  # flow.metadata: the watcher's failure, for the addon
 
@@ -81,7 +81,7 @@ class FailoverHttpStream(HttpStream):
         cap = self.flow.metadata.get(BODY_CAP)
         if cap is not None and isinstance(event, RequestData) and len(self.request_body_buf) + len(event.data) > cap[0]:
             self.request_body_buf.clear()
-            yield from self._answer_before_body(cap[1])
+            yield from self._answer_before_body(cap[1]())
             return
         yield from super().state_consume_request_body(event)
 

@@ -44,6 +44,16 @@ def _client_headers(request: http.Request) -> dict[str, str]:
     return out
 
 
+def _header_dict(headers: http.Headers) -> dict[str, str]:
+    """Lower-case names, repeated fields joined: one pass over the fields (Headers.items()
+    looks each name up again, quadratic in the number of headers)."""
+    out: dict[str, str] = {}
+    for name, value in headers.fields:
+        key, text = name.decode("latin-1").lower(), value.decode("utf-8", "surrogateescape")
+        out[key] = f"{out[key]}, {text}" if key in out else text
+    return out
+
+
 def _header_fields(request: http.Request) -> list[tuple[str, str]]:
     return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in request.headers.fields]
 
@@ -194,7 +204,7 @@ class Gateway:
             if length.isdigit() and int(length) > limit:
                 raise self._too_large(limit)
             # A chunked body is capped as it arrives, answered in the client's protocol.
-            flow.metadata[failover.BODY_CAP] = (limit, self._rendered(ex, self._too_large(limit)))
+            flow.metadata[failover.BODY_CAP] = (limit, lambda: self._rendered(ex, self._too_large(limit)))
         except GatewayError as err:
             self._refuse_on_head(flow, ex, err)
         except Exception:
@@ -268,7 +278,7 @@ class Gateway:
             attempt = ex.attempts[-1]
             resp = flow.response
             attempt.status = resp.status_code
-            attempt.headers = {k.lower(): v for k, v in resp.headers.items()}
+            attempt.headers = _header_dict(resp.headers)
             self.hook.codexproxy_upstream_response(app=self.app, exchange=ex, attempt=attempt)
             if resp.status_code >= 400:
                 flow.metadata[failover.RETRY] = True

@@ -31,6 +31,7 @@ the account's token). Such a request is refused with a 400 naming the header, no
 
 from __future__ import annotations
 
+import re
 import zlib
 from typing import Iterable
 from urllib.parse import urlsplit
@@ -45,9 +46,12 @@ PASS_PREFIXES = ("x-codex-", "x-openai-")
 SESSION_HEADERS = ("session_id", "session-id")
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
 def has_control_char(value: str) -> bool:
     """True for any C0 control character but HTAB, and DEL (RFC 9110 field-value)."""
-    return any((c < " " and c != "\t") or c == "\x7f" for c in value)
+    return _CONTROL.search(value) is not None
 
 
 def check_value(name: str, value: str, source: str | None = None) -> None:

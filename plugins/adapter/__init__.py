@@ -313,8 +313,19 @@ def count_tokens(app, exchange) -> LocalResponse:
     return LocalResponse(200, {"input_tokens": estimate_tokens(body)})
 
 
+def _models_state(app):
+    """The upstream's model list as last stored, read at most once a second: every request
+    checks its model against it, and the store's state is a table scan (the list changes
+    every few minutes at most, by the keepalive job)."""
+    memo = app.plugin_state("adapter.models_memo", dict)
+    now = time.monotonic()
+    if memo.get("until", 0) <= now:
+        memo["value"], memo["until"] = app.store.get_state(MODELS_STATE), now + 1.0
+    return memo["value"]
+
+
 def _model_slugs(app) -> list[str]:
-    cached = app.store.get_state(MODELS_STATE)
+    cached = _models_state(app)
     if isinstance(cached, dict) and cached.get("slugs"):
         return list(cached["slugs"])
     return list(app.plugin_config("adapter").fallback_models)
@@ -323,7 +334,7 @@ def _model_slugs(app) -> list[str]:
 def _known_models(app) -> tuple[list[str], bool]:
     """The pool's model slugs, and whether they came from the upstream (only then is a name
     outside them refused: the fallback list may lag behind what the backend serves)."""
-    cached = app.store.get_state(MODELS_STATE)
+    cached = _models_state(app)
     if isinstance(cached, dict) and cached.get("slugs"):
         return list(cached["slugs"]), True
     return list(app.plugin_config("adapter").fallback_models), False
@@ -372,6 +383,7 @@ def refresh_models(app) -> list[str] | None:
         return None
     if slugs and slugs != _model_slugs(app):
         app.store.set_state(MODELS_STATE, {"slugs": slugs, "at": time.time()})
+        app.plugin_state("adapter.models_memo", dict).clear()  # this process sees it at once
     return slugs
 
 
