@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+
+from tests.npmclients import claude_binary
 from tests.fakeupstream import B
 
 pytestmark = pytest.mark.client
@@ -28,15 +29,6 @@ QUIET = {
     "DISABLE_BUG_COMMAND": "1",
     "CLAUDE_CODE_DISABLE_FEEDBACK_SURVEY": "1",
 }
-
-
-def claude_binary() -> str:
-    local = REPO / "node_modules" / ".bin" / "claude"
-    if not local.exists():
-        if os.environ.get("CI"):
-            pytest.fail("Claude Code is not installed: npm install in the repository root")
-        pytest.skip("Claude Code not installed (npm install in the repository root)")
-    return str(local)
 
 
 def run_claude(proxy, tmp_path: Path, prompt: str, *args: str, model: str | None = "gpt-5.5",

@@ -3,27 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import time
 
 import pytest
 
-from tests.conftest import REPO, clean_env
+from tests.conftest import clean_env
+from tests.npmclients import codex_binary
 from tests.fakeupstream import B
 
 pytestmark = pytest.mark.client
-
-
-def codex_binary() -> str:
-    local = REPO / "node_modules" / ".bin" / "codex"
-    found = str(local) if local.exists() else shutil.which("codex")
-    if not found:
-        if os.environ.get("CI"):
-            pytest.fail("Codex CLI is not installed: .ci/run must `npm install` it")
-        pytest.skip("Codex CLI not installed (npm install in the repository root)")
-    return found
 
 
 def run_codex(proxy, tmp_path, prompt="say hello", extra=()):

@@ -29,7 +29,8 @@ import openai
 import pytest
 
 from tests.capture_upstream import Answer, CaptureUpstream, CapturedRequest, zstd
-from tests.conftest import REPO
+
+from tests.npmclients import codex_binary
 
 pytestmark = pytest.mark.client
 
@@ -269,15 +270,6 @@ def ctx_for(cap: CaptureUpstream, proxy, direct, proxied, codex_client: bool) ->
 
 
 # --- Codex CLI -------------------------------------------------------------------------------
-
-def codex_binary() -> str:
-    local = REPO / "node_modules" / ".bin" / "codex"
-    if not local.exists():
-        if os.environ.get("CI"):
-            pytest.fail("Codex CLI is not installed: npm install in the repository root")
-        pytest.skip("Codex CLI not installed (npm install in the repository root)")
-    return str(local)
-
 
 @dataclass
 class CodexRun:

@@ -11,18 +11,15 @@ from typing import Any
 
 from codexproxy.exchange import GatewayError
 
+from .chat import IGNORED as CHAT_IGNORED
 from .chat import ChatAggregate, ChatStream
 
 # Every field of a legacy Completions request: carried over to the chat body (and mapped
 # there), ignored for the reason given, or refused with a 400 naming it.
 _CARRIED = ("model", "stream", "stream_options", "reasoning_effort", "prompt_cache_key", "user")
-_SAMPLING = "reasoning models take no sampling parameters; the backend refuses them"
-IGNORED = {
-    "temperature": _SAMPLING, "top_p": _SAMPLING, "presence_penalty": _SAMPLING,
-    "frequency_penalty": _SAMPLING, "logit_bias": _SAMPLING, "seed": _SAMPLING,
-    "max_tokens": "the Codex backend refuses max_output_tokens; the answer ends at the model's own limit",
-    "stop": "the Responses API has no stop sequences",
-}
+# The same reasons as chat's, for the fields the two share.
+IGNORED = {name: CHAT_IGNORED[name] for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty",
+                                                 "logit_bias", "seed", "max_tokens", "stop")}
 REFUSED = {  # refused unless off (null, false, 0, or the one value that means "as usual")
     "logprobs": "the backend returns no log probabilities",
     "echo": "the prompt is not echoed back",
