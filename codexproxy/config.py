@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,15 @@ class UpstreamConfig(Section):
     user_agent: str = "codex_cli_rs/0.169.0 (codexproxy)"
     ssl_verify: bool = True
     ca_file: str | None = None
+
+    def httpx_verify(self) -> bool | ssl.SSLContext:
+        """httpx's `verify` for every outbound request the proxy makes outside mitmproxy (OAuth,
+        usage polls, model lists): the same trust as the proxy path (ssl_verify, ca_file)."""
+        if not self.ssl_verify:
+            return False
+        if self.ca_file:
+            return ssl.create_default_context(cafile=self.ca_file)
+        return True
 
     @field_validator("base_url", "usage_base_url", "fallback_base_url")
     @classmethod

@@ -187,8 +187,4 @@ def device_redirect_uri(cfg: Any) -> str:
 
 def tls_verify(config: Any) -> bool | ssl.SSLContext:
     """httpx's `verify` from upstream.ssl_verify / upstream.ca_file (same trust as the proxy path)."""
-    if not config.upstream.ssl_verify:
-        return False
-    if config.upstream.ca_file:
-        return ssl.create_default_context(cafile=config.upstream.ca_file)
-    return True
+    return config.upstream.httpx_verify()

@@ -370,7 +370,7 @@ def refresh_models(app) -> list[str] | None:
     url = f"{cfg.base_url}/models"
     try:
         r = httpx.get(url, params={"client_version": app.plugin_config("adapter").client_version}, headers=headers,
-                      timeout=cfg.connect_timeout_s, verify=cfg.ca_file or cfg.ssl_verify)
+                      timeout=cfg.connect_timeout_s, verify=cfg.httpx_verify())
     except httpx.HTTPError as exc:
         log.info("model list refresh failed: %s", exc.__class__.__name__)
         return None
