@@ -36,14 +36,6 @@ MAX_ATTEMPTS_HARD_CAP = 10  # whatever plugins say, one request never loops fore
 DROPPED_RESPONSE_HEADERS = frozenset({"connection", "keep-alive", "transfer-encoding", "content-encoding", "set-cookie",
                                       "alt-svc", "strict-transport-security"})
 
-def _client_headers(request: http.Request) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for name, value in request.headers.items(multi=True):
-        name = name.lower()
-        out[name] = f"{out[name]}, {value}" if name in out else value
-    return out
-
-
 def _header_dict(headers: http.Headers) -> dict[str, str]:
     """Lower-case names, repeated fields joined: one pass over the fields (Headers.items()
     looks each name up again, quadratic in the number of headers)."""
@@ -107,7 +99,7 @@ class Gateway:
             method=req.method.upper(),
             path=split.path or "/",
             query=dict(parse_qsl(split.query, keep_blank_values=True)),
-            headers=_client_headers(req),
+            headers=_header_dict(req.headers),
             header_fields=_header_fields(req),
             body=b"",  # the head only: request() fills it once the body has arrived
             client_addr=f"{flow.client_conn.peername[0]}" if flow.client_conn.peername else "",
