@@ -654,7 +654,13 @@ def test_kill_9_during_heavy_writes_loses_nothing_acknowledged(make_proxy, fake)
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=proxy.dir, env=proxy.env)
         for t in threads:
             t.start()
-        time.sleep(rng.uniform(0.4, 1.2))
+        # Kill at a random moment, but only once this round has carried traffic: on a loaded machine a
+        # fixed sleep could end before the first answer, and the round would test nothing.
+        before = len(acked_models)
+        deadline = time.monotonic() + 30
+        while len(acked_models) < before + 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 0.8))
         os.kill(proxy.pid, signal.SIGKILL)
         proxy.process.wait(10)
         proxy.process = None
