@@ -15,10 +15,11 @@ from typing import Any
 
 import httpx
 
+from codexproxy import outbound
 from codexproxy.store import Store
 from codexproxy.models import Account, Window
 
-from . import oauth, tokens
+from . import tokens
 from .backoff import Schedule
 
 log = logging.getLogger("codexproxy.accounts")
@@ -202,18 +203,13 @@ class _Unchanged(Exception):
 # --- polling /wham/usage ----------------------------------------------------------------------
 
 def _fetch(app: Any, account: Account) -> httpx.Response:
-    up = app.config.upstream
-    headers = {"authorization": f"Bearer {account.access_token}", "originator": up.originator,
-               "user-agent": up.user_agent, "accept": "application/json"}
-    if account.chatgpt_account_id:
-        headers["chatgpt-account-id"] = account.chatgpt_account_id
-    app.hook.codexproxy_upstream_request(app=app, exchange=None, headers=headers)  # e.g. the WAF cookie
+    url = f"{app.config.upstream.usage_base_url}/wham/usage"
     try:
-        with httpx.Client(timeout=httpx.Timeout(30.0, connect=up.connect_timeout_s), verify=oauth.tls_verify(app.config)) as client:
-            return client.get(f"{up.usage_base_url}/wham/usage", headers=headers)
+        with outbound.client(app) as client:
+            return client.get(url, headers=outbound.account_headers(app, url, account))
     except httpx.HTTPError as exc:
         # The reason matters (an untrusted certificate says so); httpx's text holds no token.
-        raise UsageError(f"cannot reach {up.usage_base_url}: {exc.__class__.__name__}: {exc}") from None
+        raise UsageError(f"cannot reach {app.config.upstream.usage_base_url}: {exc.__class__.__name__}: {exc}") from None
 
 
 def poll_account(app: Any, account: Account) -> Account:

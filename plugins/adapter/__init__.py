@@ -13,7 +13,7 @@ import time
 import httpx
 from pydantic import Field
 
-from codexproxy import hookimpl, wire
+from codexproxy import hookimpl, outbound, wire
 from codexproxy.config import PluginConfig, Section
 from codexproxy.exchange import GatewayError, LocalResponse, Route
 
@@ -362,15 +362,11 @@ def refresh_models(app) -> list[str] | None:
     account = next((a for a in app.accounts.ordered() if a.is_available()), None)
     if account is None:
         return None
-    cfg = app.config.upstream
-    headers = {"authorization": f"Bearer {account.access_token}", "originator": cfg.originator, "user-agent": cfg.user_agent}
-    if account.chatgpt_account_id:
-        headers["chatgpt-account-id"] = account.chatgpt_account_id
-    app.hook.codexproxy_upstream_request(app=app, exchange=None, headers=headers)  # e.g. the WAF cookie
-    url = f"{cfg.base_url}/models"
+    url = f"{app.config.upstream.base_url}/models"
     try:
-        r = httpx.get(url, params={"client_version": app.plugin_config("adapter").client_version}, headers=headers,
-                      timeout=cfg.connect_timeout_s, verify=cfg.httpx_verify())
+        with outbound.client(app) as client:
+            r = client.get(url, params={"client_version": app.plugin_config("adapter").client_version},
+                           headers=outbound.account_headers(app, url, account))
     except httpx.HTTPError as exc:
         log.info("model list refresh failed: %s", exc.__class__.__name__)
         return None
