@@ -10,10 +10,11 @@ import os
 import re
 import ssl
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 ENV_PREFIX = "CODEXPROXY_"
 # A host name (RFC 1123 labels), an IPv4 address or an IPv6 address without brackets.
@@ -150,6 +151,40 @@ class MetricsConfig(Section):
     token: str | None = None
 
 
+class StateConfig(Section):
+    """Where cross-request state lives: the embedded store (one process), or a Redis several
+    processes and machines share (codexproxy/state_redis.py)."""
+
+    backend: Literal["tinydb", "redis"] = "tinydb"
+    # redis://[:password@]host[:port][/db], rediss:// for TLS, unix:///path/redis.sock
+    redis_url: str | None = Field(None, validate_default=True)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or not value.strip():
+            if info.data.get("backend") == "redis":
+                raise ValueError("required when state.backend is redis (e.g. redis://127.0.0.1:6379/0)")
+            return None
+        value = value.strip()
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+
+def redact_url(url: str) -> str:
+    """`url` with the password of its user part replaced by '***' (for display)."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+    except ValueError:  # not a URL after all (an unclosed "[")
+        return url if "@" not in url else "***"
+    netloc = parts.netloc.rsplit("@", 1)
+    user = netloc[0].split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
+
+
 class Config(Section):
     server: ServerConfig = Field(default_factory=ServerConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
@@ -159,6 +194,7 @@ class Config(Section):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     jobs: JobsConfig = Field(default_factory=JobsConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    state: StateConfig = Field(default_factory=StateConfig)
     # Raw sections here; each is validated by its plugin's model once plugins are known.
     plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
     plugin_paths: list[str] = Field(default_factory=list)
@@ -178,7 +214,8 @@ def _format_error(exc: ValidationError, prefix: str = "") -> str:
     if err["type"] == "extra_forbidden":
         msg = "unknown key"
     if "input" in err and err["type"] not in ("missing", "extra_forbidden") and not isinstance(err["input"], (dict, list)):
-        msg += f" (got {err['input']!r})"
+        shown = redact_url(err["input"]) if isinstance(err["input"], str) else err["input"]
+        msg += f" (got {shown!r})"
     more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
     return f"config error: {path}: {msg}{more}"
 
@@ -288,4 +325,6 @@ def masked(config: Config) -> dict[str, Any]:
             return [scrub(v) for v in node]
         return node
 
+    if data["state"].get("redis_url"):
+        data["state"]["redis_url"] = redact_url(data["state"]["redis_url"])
     return scrub(data)
