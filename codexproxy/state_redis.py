@@ -86,12 +86,15 @@ end
 return string.format('%.17g', total)
 """
 
-# KEYS[1] window; ARGV amount, period ms, nonce.
+# KEYS[1] window, KEYS[2] the longest period (ms) it was added with; ARGV amount, period ms,
+# nonce. Amounts are kept for the longest period, so a longer window_sum still sees them.
 _WINDOW_ADD = _NOW + """
 local period = tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - period)
+local longest = math.max(period, tonumber(redis.call('GET', KEYS[2]) or '0'))
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - longest)
 redis.call('ZADD', KEYS[1], now, ARGV[1] .. ':' .. ARGV[3])
-if redis.call('PTTL', KEYS[1]) < period then redis.call('PEXPIRE', KEYS[1], period) end
+redis.call('SET', KEYS[2], longest, 'PX', longest)
+redis.call('PEXPIRE', KEYS[1], longest)
 """ + _WINDOW_SUM_BODY
 
 # KEYS[1] window; ARGV period ms.
@@ -118,14 +121,32 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-# KEYS[1] document, KEYS[2] ids (sorted by insertion), KEYS[3] insertion counter; ARGV json, id, ttl ms (0: none).
-_PUT = """
-if tonumber(ARGV[3]) > 0 then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
-else redis.call('SET', KEYS[1], ARGV[1]) end
+# KEYS[1] document, KEYS[2] ids (sorted by insertion), KEYS[3] insertion counter, KEYS[4]
+# generation, KEYS[5] expiries (id -> ms); ARGV json, id, ttl ms (0: none).
+_PUT = _NOW + """
+local ttl = tonumber(ARGV[3])
+if ttl > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+  redis.call('ZADD', KEYS[5], now + ttl, ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+  redis.call('ZREM', KEYS[5], ARGV[2])
+end
 if not redis.call('ZSCORE', KEYS[2], ARGV[2]) then
   redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[3]), ARGV[2])
 end
+redis.call('INCR', KEYS[4])
 return 1
+"""
+
+# KEYS[1] generation, KEYS[2] expiries. Documents that ran out since the last call count as a
+# change: a reader caching on the generation must not keep serving them.
+_GENERATION = _NOW + """
+if redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1)[1] then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+  return redis.call('INCR', KEYS[1])
+end
+return tonumber(redis.call('GET', KEYS[1]) or '0')
 """
 
 # KEYS[1] ids; ARGV document key prefix. Every live document in insertion order; the ids of
@@ -139,10 +160,13 @@ end
 return out
 """
 
-# KEYS[1] document, KEYS[2] ids; ARGV id.
+# KEYS[1] document, KEYS[2] ids, KEYS[3] generation, KEYS[4] expiries; ARGV id.
 _REMOVE = """
 redis.call('ZREM', KEYS[2], ARGV[1])
-return redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
+local removed = redis.call('DEL', KEYS[1])
+if removed > 0 then redis.call('INCR', KEYS[3]) end
+return removed
 """
 
 
@@ -162,6 +186,7 @@ class RedisState:
         self._put = client.register_script(_PUT)
         self._all = client.register_script(_ALL)
         self._remove = client.register_script(_REMOVE)
+        self._generation = client.register_script(_GENERATION)
         self._collections: dict[str, RedisCollection] = {}
 
     @classmethod
@@ -220,7 +245,7 @@ class RedisState:
     # --- sliding windows --------------------------------------------------------------------------
     @_guarded
     def window_add(self, key: str, amount: float, period: float) -> float:
-        total = self._window_add(keys=[self._k("w", key)], args=[repr(float(amount)), _ms(period), uuid.uuid4().hex])
+        total = self._window_add(keys=[self._k("w", key), self._k("wp", key)], args=[repr(float(amount)), _ms(period), uuid.uuid4().hex])
         return float(total)
 
     @_guarded
@@ -286,7 +311,9 @@ class RedisState:
 
 
 class RedisCollection:
-    """JSON documents by id: `{prefix}doc:{name}:<id>` each, `{prefix}docs:{name}` the ids."""
+    """JSON documents by id: `{prefix}doc:{name}:<id>` each, `{prefix}docs:{name}` the ids in
+    insertion order, `docgen` a counter every write bumps, `docexp` the expiries of documents
+    with a TTL (so `generation` also changes when one runs out)."""
 
     def __init__(self, state: RedisState, name: str) -> None:
         self.state = state
@@ -296,6 +323,8 @@ class RedisCollection:
         self._doc_prefix = f"{state.prefix}doc:{tag}:"
         self._ids = f"{state.prefix}docs:{tag}"
         self._seq = f"{state.prefix}docseq:{tag}"
+        self._gen = f"{state.prefix}docgen:{tag}"
+        self._expiries = f"{state.prefix}docexp:{tag}"
 
     def _doc(self, doc_id: str) -> str:
         return self._doc_prefix + doc_id
@@ -310,7 +339,7 @@ class RedisCollection:
         doc = dict(doc)
         doc_id = doc.get("id") or uuid.uuid4().hex
         doc["id"] = doc_id = str(doc_id)
-        self.state._put(keys=[self._doc(doc_id), self._ids, self._seq],
+        self.state._put(keys=[self._doc(doc_id), self._ids, self._seq, self._gen, self._expiries],
                         args=[_dumps(doc), doc_id, 0 if ttl is None else _ms(ttl)])
         return doc
 
@@ -331,6 +360,7 @@ class RedisCollection:
                     doc["id"] = doc_id
                     pipe.multi()
                     pipe.set(key, _dumps(doc), keepttl=True)  # a document with a TTL keeps it
+                    pipe.incr(self._gen)
                     pipe.execute()
                     return doc
                 except redis.WatchError:
@@ -339,14 +369,20 @@ class RedisCollection:
 
     @_guarded
     def remove(self, doc_id: str) -> bool:
-        return bool(self.state._remove(keys=[self._doc(doc_id), self._ids], args=[doc_id]))
+        return bool(self.state._remove(keys=[self._doc(doc_id), self._ids, self._gen, self._expiries], args=[doc_id]))
+
+    @_guarded
+    def generation(self) -> int:
+        """Changes whenever the collection may have changed (a write by any process, a document
+        running out): one round trip, so a repository re-reads and re-parses only then."""
+        return int(self.state._generation(keys=[self._gen, self._expiries]))
 
     @_guarded
     def all(self) -> list[dict]:
         return [json.loads(raw) for raw in self.state._all(keys=[self._ids], args=[self._doc_prefix])]
 
     def find(self, **fields: Any) -> list[dict]:
-        return [doc for doc in self.all() if all(k in doc and doc[k] == v for k, v in fields.items())]
+        return [doc for doc in self.all() if all(doc.get(k) == v for k, v in fields.items())]
 
     def remove_where(self, **fields: Any) -> int:
         return sum(1 for doc in self.find(**fields) if self.remove(doc["id"]))
