@@ -12,8 +12,9 @@ what "the last 60 s" is even when their clocks do not.
 
 Every key starts with `codexproxy:`; a second pool on the same server uses another database
 (`redis://host/1`). A collection's keys share a hash tag (`{accounts}`) so its scripts touch one
-slot. When Redis cannot be reached every method raises `StateUnavailable` (the gateway answers
-503); timeouts are short and there is one immediate retry, so nothing hangs.
+slot. When Redis cannot be reached every method raises `StateUnavailable`, a GatewayError: the
+request that needed the state is answered 503; timeouts are short and there is one immediate
+retry, so nothing hangs.
 """
 
 from __future__ import annotations
@@ -31,14 +32,22 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from .exchange import GatewayError
+
 PREFIX = "codexproxy:"
 CONNECT_TIMEOUT_S = 2.0
 SOCKET_TIMEOUT_S = 5.0
 UPDATE_ATTEMPTS = 50  # WATCH/MULTI retries before an update gives up (only under heavy contention)
 
 
-class StateUnavailable(Exception):
-    """The shared state (Redis) cannot be reached; the message names where, never a password."""
+class StateUnavailable(GatewayError):
+    """The shared state (Redis) cannot be reached. A GatewayError, so a request that needs the
+    state is answered 503 in the client's protocol (with retry-after) wherever it was raised, and
+    the proxy serves again by itself once Redis is back. The message names where, never a password."""
+
+    def __init__(self, where: str, reason: Any) -> None:
+        super().__init__(503, f"The gateway's shared state is unavailable (Redis at {where}: {reason}); retry in a few seconds.",
+                         type="server_error", code="state_unavailable", headers={"retry-after": "2"})
 
 
 _UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.ReadOnlyError)
@@ -50,7 +59,7 @@ def _guarded(method: Callable) -> Callable:
         try:
             return method(self, *args, **kwargs)
         except _UNAVAILABLE as exc:
-            raise StateUnavailable(f"Redis at {self._where} unavailable: {exc}") from None
+            raise StateUnavailable(self._where, exc) from None
     return wrapper
 
 
@@ -160,6 +169,19 @@ end
 return out
 """
 
+# KEYS[1] ids; ARGV document key prefix. Like _ALL, each document followed by its PTTL (-1: none).
+_ALL_WITH_TTL = """
+local out = {}
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local doc = redis.call('GET', ARGV[1] .. id)
+  if doc then
+    table.insert(out, doc)
+    table.insert(out, redis.call('PTTL', ARGV[1] .. id))
+  end
+end
+return out
+"""
+
 # KEYS[1] document, KEYS[2] ids, KEYS[3] generation, KEYS[4] expiries; ARGV id.
 _REMOVE = """
 redis.call('ZREM', KEYS[2], ARGV[1])
@@ -187,6 +209,7 @@ class RedisState:
         self._all = client.register_script(_ALL)
         self._remove = client.register_script(_REMOVE)
         self._generation = client.register_script(_GENERATION)
+        self._all_with_ttl = client.register_script(_ALL_WITH_TTL)
         self._collections: dict[str, RedisCollection] = {}
 
     @classmethod
@@ -299,6 +322,17 @@ class RedisState:
             found = self._collections.setdefault(name, RedisCollection(self, name))
         return found
 
+    @_guarded
+    def collection_names(self) -> list[str]:
+        """The collections holding documents (for `codexproxy state migrate`)."""
+        head = f"{self.prefix}docs:"
+        names = {key[len(head) + 1:-1] for key in self.client.scan_iter(match=_glob_escape(head) + "{*}", count=1000)}
+        return sorted(n for n in names if self.collection(n).all())
+
+    def describe(self) -> str:
+        """host:port/db (or the socket path) of this Redis, never its password."""
+        return f"{self._where}/{self.client.connection_pool.connection_kwargs.get('db', 0)}"
+
     def ping(self) -> bool:
         """True when Redis answers (the health check a caller may poll while it is down)."""
         try:
@@ -380,6 +414,13 @@ class RedisCollection:
     @_guarded
     def all(self) -> list[dict]:
         return [json.loads(raw) for raw in self.state._all(keys=[self._ids], args=[self._doc_prefix])]
+
+    @_guarded
+    def all_with_ttl(self) -> list[tuple[dict, float | None]]:
+        """Every live document with the seconds it has left (None: no TTL)."""
+        flat = self.state._all_with_ttl(keys=[self._ids], args=[self._doc_prefix])
+        return [(json.loads(flat[i]), None if int(flat[i + 1]) < 0 else int(flat[i + 1]) / 1000)
+                for i in range(0, len(flat), 2)]
 
     def find(self, **fields: Any) -> list[dict]:
         return [doc for doc in self.all() if all(doc.get(k) == v for k, v in fields.items())]
