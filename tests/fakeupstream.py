@@ -227,6 +227,13 @@ class _Resp:
         self.ev("response.function_call_arguments.done", item_id=item_id, output_index=idx, arguments=args)
         self._done(idx, {**item, "status": "completed", "arguments": args})
 
+    def compaction(self, input_items: list) -> None:
+        """Remote compaction v2 (codexproxy/codexconfig.py): one `compaction` output item."""
+        idx = len(self.output)
+        summary = "enc_compaction_" + hashlib.sha256(json.dumps(input_items).encode()).hexdigest()[:32]
+        self.ev("response.output_item.added", output_index=idx, item={"id": _rid("cmp_"), "type": "compaction"})
+        self._done(idx, {"id": _rid("cmp_"), "type": "compaction", "encrypted_content": summary})
+
     def _done(self, idx: int, item: dict) -> None:
         self.output.append(item)
         self.ev("response.output_item.done", output_index=idx, item=item)
@@ -828,6 +835,13 @@ class FakeUpstream(_ServerBase):
             for name, args in p["calls"]:
                 r.function_call(name, args, p["deltas"])
         text = json.dumps(body.get("input")) if kind == "echo" else p.get("text")
+        items = body.get("input") if isinstance(body.get("input"), list) else []
+        if kind in ("ok", "slow", "drip") and items and isinstance(items[-1], dict) \
+                and items[-1].get("type") == "compaction_trigger":
+            # Codex 0.169's remote compaction asks with a trigger item and expects exactly one
+            # compaction item back (codexproxy/codexconfig.py).
+            r.compaction(items)
+            text = None
         if text is not None:
             r.message(text, p["deltas"])
         out_tokens = max(1, sum(len(json.dumps(i)) for i in r.output) // 4)
