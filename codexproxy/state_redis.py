@@ -35,8 +35,8 @@ from redis.retry import Retry
 from .exchange import GatewayError
 
 PREFIX = "codexproxy:"
-CONNECT_TIMEOUT_S = 2.0
-SOCKET_TIMEOUT_S = 5.0
+CONNECT_TIMEOUT_S = 1.0  # a Redis on the LAN answers a connect in milliseconds; an absent one must not stall requests
+SOCKET_TIMEOUT_S = 2.0  # every command here is O(small); a Redis that takes longer is treated as unavailable
 UPDATE_ATTEMPTS = 50  # WATCH/MULTI retries before an update gives up (only under heavy contention)
 
 
