@@ -1,4 +1,4 @@
-"""The App: what every hook receives as `app` — config, store, repositories, hooks, jobs."""
+"""The App: what every hook receives as `app` — config, store, state, repositories, hooks, jobs."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from .config import Config
 from .logstore import LogStore
 from .plugins import PluginInfo, load_plugins
 from .scheduler import Jobs
+from .state import LocalState, open_state
 from .store import AccountRepo, KeyRepo, Store
 
 log = logging.getLogger("codexproxy")
@@ -27,8 +28,9 @@ class App:
         self.pm, self.plugins = load_plugins(config)
         self.hook = self.pm.hook
         self.store = Store(config.storage.file)
-        self.accounts = AccountRepo(self.store)
-        self.keys = KeyRepo(self.store)
+        self.state = open_state(config, self.store)  # every plugin's cross-request state (state.py)
+        self.accounts = self._repo(AccountRepo, "accounts")
+        self.keys = self._repo(KeyRepo, "keys")
         self.logs = LogStore(self.data_dir / "logs")
         self.jobs = Jobs(self)
         self.started_at = time.time()
@@ -37,6 +39,12 @@ class App:
         self.state_lock = threading.RLock()  # for plugins' in-memory state shared across threads
         self._admin_token: str | None = config.admin.token
         self._plugin_state: dict[str, Any] = {}
+
+    def _repo(self, repo_class: Any, name: str) -> Any:
+        """A repository over the state's collection, so accounts and keys live where the rest of
+        the state does; on another backend than the store, `state.lock` guards its multi-step writes."""
+        exclusive = None if isinstance(self.state, LocalState) else (lambda: self.state.lock(f"repo:{name}", ttl=30))
+        return repo_class(self.state.collection(name), exclusive=exclusive)
 
     # --- admin token: configured, or generated once and kept (0600) in the data dir ----------
     @property
@@ -103,3 +111,4 @@ class App:
     def close(self) -> None:
         self.jobs.stop()
         self.logs.close()
+        self.state.close()

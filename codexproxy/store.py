@@ -19,6 +19,7 @@ import json
 import os
 import secrets
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
@@ -110,6 +111,26 @@ class AtomicJSONStorage(Storage):
             self._stamp = stamp
             self.generation += 1
 
+    def peek_generation(self) -> int:
+        """The generation without waiting: one stat, and a reload only when no writer holds
+        the lock (a write in progress updates the cache itself when its fsync is done), so the
+        event loop never waits behind an fsync."""
+        if self._stat() == self._stamp and self._cache is not None:
+            return self.generation
+        if not self._lock.acquire(blocking=False):
+            return self.generation
+        try:
+            self._sync()
+            return self.generation
+        finally:
+            self._lock.release()
+
+    def table_docs(self, name: str) -> dict[str, Any]:
+        """A copy of one table's documents by TinyDB doc id (cheaper than `read()`'s copy of all)."""
+        with self._lock:
+            self._sync()
+            return json.loads(json.dumps((self._cache or {}).get(name) or {}))
+
     def read(self) -> dict[str, Any] | None:
         with self._lock:
             self._sync()
@@ -176,18 +197,50 @@ class Store:
                     self._lock_fd = None
 
     @contextlib.contextmanager
-    def named_lock(self, name: str) -> Iterator[None]:
+    def named_lock(self, name: str, wait: float | None = None) -> Iterator[bool]:
         """A lock for one long operation (e.g. refreshing one account's token), exclusive
-        across threads and processes, without holding up the rest of the store."""
+        across threads and processes, without holding up the rest of the store. Yields True
+        once held; with `wait` seconds given, yields False if it could not be taken by then."""
+        held = self.acquire_named_lock(name, wait)
+        try:
+            yield held is not None
+        finally:
+            if held is not None:
+                held.release()
+
+    def acquire_named_lock(self, name: str, wait: float | None = None) -> "NamedLock | None":
+        """Take the named lock (blocking when `wait` is None, 0 = one try); None if not taken.
+        The holder calls `release()`, from any thread; a killed process's lock goes with it."""
         path = self.path.with_name(f"{self.path.name}.{hashlib.sha1(name.encode()).hexdigest()[:16]}.lock")
-        with _NAMED_THREAD_LOCKS.get(str(path)):
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-            try:
+        thread_lock = _NAMED_THREAD_LOCKS.get(str(path))
+        deadline = None if wait is None else time.monotonic() + wait
+        if not thread_lock.acquire(timeout=-1 if deadline is None else max(0.0, wait or 0.0)):
+            return None
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if deadline is None:
                 fcntl.flock(fd, fcntl.LOCK_EX)
-                yield
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                os.close(fd)
+            else:
+                delay = 0.005
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            raise
+                        time.sleep(min(delay, left))
+                        delay = min(delay * 2, 0.05)
+        except BlockingIOError:
+            os.close(fd)
+            thread_lock.release()
+            return None
+        except BaseException:
+            os.close(fd)
+            thread_lock.release()
+            raise
+        return NamedLock(fd, thread_lock)
 
     def table(self, name: str) -> Table:
         # A fresh Table per use: TinyDB tables cache ids and query results, which another
@@ -196,8 +249,8 @@ class Store:
 
     @property
     def generation(self) -> int:
-        self.storage.sync()
-        return self.storage.generation
+        """Changes whenever the file may have changed; never waits for a writer."""
+        return self.storage.peek_generation()
 
     # --- small key/value state (generated admin token, model cache, pending logins...) ---
     def get_state(self, key: str, default: Any = None) -> Any:
@@ -217,6 +270,24 @@ class Store:
             return value
 
 
+class NamedLock:
+    """A held named lock: an flock'ed file descriptor plus this process's thread lock."""
+
+    def __init__(self, fd: int, thread_lock: threading.Lock) -> None:
+        self._fd: int | None = fd
+        self._thread_lock = thread_lock
+        self._guard = threading.Lock()
+
+    def release(self) -> None:
+        with self._guard:
+            if self._fd is None:
+                return
+            fd, self._fd = self._fd, None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+        self._thread_lock.release()
+
+
 class _NamedLocks:
     def __init__(self) -> None:
         self._locks: dict[str, threading.Lock] = {}
@@ -230,22 +301,140 @@ class _NamedLocks:
 _NAMED_THREAD_LOCKS = _NamedLocks()
 
 
+EXPIRES_FIELD = "_expires_at"  # a document's expiry (epoch seconds), for collections with a TTL
+
+
+def _matches(doc: dict[str, Any], fields: dict[str, Any]) -> bool:
+    return all(doc.get(k) == v for k, v in fields.items())
+
+
+class TinyDBCollection:
+    """A `state.Collection` over one table of the store file: every write is one atomic
+    read-modify-write of the file under `transaction()` (so it may block on an fsync: call it
+    from a worker thread, not the event loop). A document with a TTL carries its expiry in
+    `EXPIRES_FIELD`; readers skip it once expired and the next write to the table drops it."""
+
+    def __init__(self, store: Store, name: str) -> None:
+        self.store = store
+        self.name = name
+
+    def generation(self) -> int:
+        """Changes whenever the collection may have changed; cheap and never blocks."""
+        return self.store.generation
+
+    @staticmethod
+    def _live(doc: dict[str, Any], at: float) -> bool:
+        expires = doc.get(EXPIRES_FIELD)
+        return expires is None or expires > at
+
+    @staticmethod
+    def _public(doc: dict[str, Any]) -> dict[str, Any]:
+        doc = dict(doc)
+        doc.pop(EXPIRES_FIELD, None)
+        return doc
+
+    def all(self) -> list[dict[str, Any]]:
+        at = time.time()
+        return [self._public(d) for d in self.store.storage.table_docs(self.name).values() if self._live(d, at)]
+
+    def get(self, doc_id: str) -> dict[str, Any] | None:
+        return next((d for d in self.all() if d.get("id") == doc_id), None)
+
+    def find(self, **fields: Any) -> list[dict[str, Any]]:
+        return [d for d in self.all() if _matches(d, fields)]
+
+    def _modify(self, change: Callable[[dict[str, Any]], Any]) -> Any:
+        """Run `change(table)` on the table as it is on disk and write the file back once
+        (expired documents are dropped on the way)."""
+        with self.store.transaction():
+            data = self.store.storage.read() or {}
+            table = data.setdefault(self.name, {})
+            result = change(table)
+            at = time.time()
+            for key in [k for k, d in table.items() if not self._live(d, at)]:
+                del table[key]
+            self.store.storage.write(data)
+            return result
+
+    @staticmethod
+    def _key_of(table: dict[str, Any], doc_id: str) -> str | None:
+        return next((k for k, d in table.items() if d.get("id") == doc_id), None)
+
+    def put(self, doc: dict[str, Any], ttl: float | None = None) -> dict[str, Any]:
+        doc = json.loads(json.dumps(doc))
+        doc.setdefault("id", secrets.token_hex(12))
+        doc.pop(EXPIRES_FIELD, None)
+        if ttl is not None:
+            doc[EXPIRES_FIELD] = time.time() + ttl
+
+        def change(table: dict[str, Any]) -> None:
+            key = self._key_of(table, doc["id"])
+            if key is None:
+                key = str(max((int(k) for k in table if k.isdigit()), default=0) + 1)
+            table[key] = doc
+
+        self._modify(change)
+        return self._public(doc)
+
+    def update(self, doc_id: str, change: Callable[[dict[str, Any]], Any]) -> dict[str, Any] | None:
+        def apply(table: dict[str, Any]) -> dict[str, Any] | None:
+            key = self._key_of(table, doc_id)
+            if key is None or not self._live(table[key], time.time()):
+                return None
+            doc = self._public(table[key])
+            returned = change(doc)
+            if isinstance(returned, dict):
+                doc = returned
+            doc = json.loads(json.dumps(doc))
+            doc["id"] = doc_id
+            if EXPIRES_FIELD in table[key]:
+                doc[EXPIRES_FIELD] = table[key][EXPIRES_FIELD]
+            table[key] = doc
+            return self._public(doc)
+
+        return self._modify(apply)
+
+    def remove(self, doc_id: str) -> bool:
+        return self.remove_where(id=doc_id) > 0
+
+    def remove_where(self, **fields: Any) -> int:
+        def apply(table: dict[str, Any]) -> int:
+            at = time.time()
+            gone = [k for k, d in table.items() if self._live(d, at) and _matches(d, fields)]
+            for key in gone:
+                del table[key]
+            return len(gone)
+
+        return self._modify(apply)
+
+
 class Repo:
-    """Typed records of one table, with a parse cache keyed on the store's generation
-    (the hot path reads accounts on every request)."""
+    """Typed records over one collection (a TinyDB table of the store, or any `state.Collection`,
+    e.g. Redis), with a parse cache keyed on the collection's generation (the hot path reads
+    accounts on every request, on the event loop: the check never blocks)."""
 
     table_name = ""
     model: type[Record] = Record
 
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self._cache_gen = -1
+    def __init__(self, source: "Store | Any", exclusive: Callable[[], contextlib.AbstractContextManager[Any]] | None = None) -> None:
+        """`source`: a Store (its `table_name` table) or a Collection. `exclusive()` guards
+        multi-step writes (`upsert_by_chatgpt_id`); a Store's transaction by default."""
+        self.collection = TinyDBCollection(source, self.table_name) if isinstance(source, Store) else source
+        if exclusive is None:
+            store = getattr(self.collection, "store", None)
+            exclusive = store.transaction if isinstance(store, Store) else contextlib.nullcontext
+        self.exclusive = exclusive
+        self._cache_gen: Any = None
         self._cache: list[Any] = []
 
+    def _generation(self) -> Any:
+        generation = getattr(self.collection, "generation", None)
+        return generation() if callable(generation) else None
+
     def all(self) -> list[Any]:
-        gen = self.store.generation
-        if gen != self._cache_gen:
-            self._cache = [self.model.model_validate(dict(d)) for d in self.store.table(self.table_name).all()]
+        gen = self._generation()
+        if gen is None or gen != self._cache_gen:
+            self._cache = [self.model.model_validate(d) for d in self.collection.all()]
             self._cache_gen = gen
         return list(self._cache)
 
@@ -265,30 +454,30 @@ class Repo:
         return matches[0] if len(matches) == 1 else None
 
     def add(self, record: Any) -> Any:
-        with self.store.transaction():
-            self.store.table(self.table_name).insert(record.model_dump(mode="json"))
+        self.collection.put(record.model_dump(mode="json"))
         return record
 
     def update(self, record_id: str, change: Callable[[Any], None] | None = None, **fields: Any) -> Any | None:
         """Apply `change(record)` and/or set `fields` on the stored record, atomically."""
-        with self.store.transaction():
-            table = self.store.table(self.table_name)
-            docs = table.search(lambda d: d.get("id") == record_id)
-            if not docs:
-                return None
-            record = self.model.model_validate(dict(docs[0]))
+        updated: list[Any] = []
+
+        def apply(doc: dict[str, Any]) -> dict[str, Any]:
+            record = self.model.model_validate(doc)
             if change is not None:
                 change(record)
             for key, value in fields.items():
                 setattr(record, key, value)
             if hasattr(record, "updated_at"):
                 record.updated_at = now()
-            table.update(record.model_dump(mode="json"), doc_ids=[docs[0].doc_id])
-            return record
+            updated[:] = [record]
+            return record.model_dump(mode="json")
+
+        if self.collection.update(record_id, apply) is None:
+            return None
+        return updated[0]
 
     def remove(self, record_id: str) -> bool:
-        with self.store.transaction():
-            return bool(self.store.table(self.table_name).remove(lambda d: d.get("id") == record_id))
+        return self.collection.remove(record_id)
 
 
 class AccountRepo(Repo):
@@ -301,7 +490,7 @@ class AccountRepo(Repo):
     def upsert_by_chatgpt_id(self, account: Account) -> tuple[Account, bool]:
         """Add the account, or refresh the tokens of the one with the same ChatGPT account
         and user (re-importing the same auth.json must not duplicate it)."""
-        with self.store.transaction():
+        with self.exclusive():
             for existing in self.all():
                 same = existing.chatgpt_account_id and existing.chatgpt_account_id == account.chatgpt_account_id
                 if same and (existing.user_id == account.user_id or not account.user_id):
@@ -317,8 +506,8 @@ class KeyRepo(Repo):
     table_name = "keys"
     model = PlatformKey
 
-    def __init__(self, store: Store) -> None:
-        super().__init__(store)
+    def __init__(self, source: "Store | Any", exclusive: Callable[[], contextlib.AbstractContextManager[Any]] | None = None) -> None:
+        super().__init__(source, exclusive)
         self._by_hash: dict[str, PlatformKey] = {}
         self._by_hash_gen = -1
 
@@ -334,8 +523,8 @@ class KeyRepo(Repo):
         return key, secret
 
     def verify(self, secret: str) -> PlatformKey | None:
-        gen = self.store.generation
-        if gen != self._by_hash_gen:
+        gen = self._generation()
+        if gen is None or gen != self._by_hash_gen:
             self._by_hash = {k.key_hash: k for k in self.all()}
             self._by_hash_gen = gen
         digest = self.hash(secret)

@@ -1,0 +1,384 @@
+"""The state interface (`app.state`): one conformance suite every backend must pass, plus what
+only the embedded backend promises (its collections are tables of the store file, its locks
+exclude other processes on the same store)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from codexproxy.state import LocalState, open_state
+from codexproxy.store import EXPIRES_FIELD, AccountRepo, Store
+from codexproxy.models import Account
+
+SHORT = 0.3  # a TTL that runs out within a test
+AFTER = 0.5  # long enough for SHORT to have run out on a loaded machine
+
+
+@pytest.fixture(params=["local"])
+def state_backend(request, tmp_path: Path):
+    """A fresh, empty State of each backend."""
+    if request.param == "local":
+        state = LocalState(Store(tmp_path / "store.json"))
+    else:  # pragma: no cover - backends are added to params by their own modules
+        raise AssertionError(request.param)
+    yield state
+    state.close()
+
+
+# --- values -------------------------------------------------------------------------------------
+def test_get_set_delete(state_backend):
+    s = state_backend
+    assert s.get("t:a") is None and s.get("t:a", 7) == 7
+    s.set("t:a", {"n": [1, 2]})
+    assert s.get("t:a") == {"n": [1, 2]}
+    s.set("t:a", "replaced")
+    assert s.get("t:a") == "replaced"
+    s.delete("t:a")
+    s.delete("t:never")
+    assert s.get("t:a", "gone") == "gone"
+
+
+def test_values_are_copies(state_backend):
+    s = state_backend
+    value = {"list": [1]}
+    s.set("t:copy", value)
+    value["list"].append(2)
+    got = s.get("t:copy")
+    got["list"].append(3)
+    assert s.get("t:copy") == {"list": [1]}
+
+
+def test_value_ttl_expires(state_backend):
+    s = state_backend
+    s.set("t:short", 1, ttl=SHORT)
+    s.set("t:long", 2)
+    assert s.get("t:short") == 1
+    time.sleep(AFTER)
+    assert s.get("t:short") is None and s.get("t:long") == 2
+    assert s.keys("t:") == ["t:long"]
+
+
+def test_add_only_when_absent(state_backend):
+    s = state_backend
+    assert s.add("t:once", "first", ttl=SHORT) is True
+    assert s.add("t:once", "second") is False
+    assert s.get("t:once") == "first"
+    time.sleep(AFTER)
+    assert s.add("t:once", "third") is True
+    assert s.get("t:once") == "third"
+
+
+def test_add_under_threads_has_one_winner(state_backend):
+    s = state_backend
+    wins: list[bool] = []
+    threads = [threading.Thread(target=lambda: wins.append(s.add("t:claim", 1))) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wins.count(True) == 1
+
+
+def test_pop_is_get_and_delete_once(state_backend):
+    s = state_backend
+    s.set("t:link", {"who": "x"}, ttl=60)
+    results: list[object] = []
+    threads = [threading.Thread(target=lambda: results.append(s.pop("t:link"))) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count({"who": "x"}) == 1 and results.count(None) == 15
+    assert s.pop("t:link", "none") == "none"
+
+
+def test_keys_by_prefix(state_backend):
+    s = state_backend
+    s.set("a:1", 1)
+    s.set("a:2", 2, ttl=60)
+    s.incr("a:3")
+    s.set("b:1", 1)
+    assert sorted(s.keys("a:")) == ["a:1", "a:2", "a:3"]
+    assert s.keys("c:") == []
+
+
+# --- counters -----------------------------------------------------------------------------------
+def test_incr_counts_from_zero(state_backend):
+    s = state_backend
+    assert s.incr("t:n") == 1
+    assert s.incr("t:n", 2.5) == 3.5
+    assert s.get("t:n") == 3.5
+    assert s.incr("t:other", -1) == -1
+
+
+def test_incr_ttl_set_at_creation(state_backend):
+    s = state_backend
+    s.incr("t:n", ttl=SHORT)
+    s.incr("t:n", ttl=60)  # an existing counter keeps the expiry it was created with
+    time.sleep(AFTER)
+    assert s.get("t:n") is None
+    assert s.incr("t:n") == 1
+
+
+def test_incr_is_atomic_under_threads(state_backend):
+    s = state_backend
+
+    def bump() -> None:
+        for _ in range(200):
+            s.incr("t:race")
+
+    threads = [threading.Thread(target=bump) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert s.get("t:race") == 1600
+
+
+# --- windows ------------------------------------------------------------------------------------
+def test_window_sums_only_the_period(state_backend):
+    s = state_backend
+    assert s.window_sum("t:w", 60) == 0
+    assert s.window_add("t:w", 2, SHORT) == 2
+    assert s.window_add("t:w", 3, SHORT) == 5
+    assert s.window_sum("t:w", SHORT) == 5
+    time.sleep(AFTER)
+    assert s.window_sum("t:w", SHORT) == 0
+    assert s.window_add("t:w", 4, SHORT) == 4
+    assert s.window_sum("t:other", SHORT) == 0
+
+
+def test_window_longer_period_sees_older_amounts(state_backend):
+    s = state_backend
+    s.window_add("t:w", 1, 60)
+    time.sleep(AFTER)
+    s.window_add("t:w", 10, 60)
+    assert s.window_sum("t:w", SHORT) == 10
+    assert s.window_sum("t:w", 60) == 11
+
+
+# --- leases -------------------------------------------------------------------------------------
+def test_lease_release_counts(state_backend):
+    s = state_backend
+    assert s.leases("t:acct") == 0
+    a = s.lease("t:acct", 60)
+    b = s.lease("t:acct", 60)
+    assert a != b and s.leases("t:acct") == 2
+    s.release("t:acct", a)
+    s.release("t:acct", a)  # twice is harmless
+    assert s.leases("t:acct") == 1
+    s.release("t:acct", b)
+    assert s.leases("t:acct") == 0
+    s.release("t:none", "no-such-token")
+
+
+def test_lease_expires_when_its_holder_never_releases(state_backend):
+    s = state_backend
+    s.lease("t:acct", SHORT)  # a holder that died
+    kept = s.lease("t:acct", 60)
+    assert s.leases("t:acct") == 2
+    time.sleep(AFTER)
+    assert s.leases("t:acct") == 1
+    s.release("t:acct", kept)
+    assert s.leases("t:acct") == 0
+
+
+# --- locks --------------------------------------------------------------------------------------
+def test_try_lock_excludes_until_unlock(state_backend):
+    s = state_backend
+    token = s.try_lock("t:job", 60)
+    assert token
+    assert s.try_lock("t:job", 60) is None
+    s.unlock("t:job", "not-the-token")
+    assert s.try_lock("t:job", 60) is None
+    s.unlock("t:job", token)
+    again = s.try_lock("t:job", 60)
+    assert again
+    s.unlock("t:job", again)
+
+
+def test_lock_ttl_expires_and_old_holder_cannot_unlock_the_new_one(state_backend):
+    s = state_backend
+    old = s.try_lock("t:job", SHORT)
+    assert old
+    time.sleep(AFTER)
+    new = s.try_lock("t:job", 60)
+    assert new and new != old
+    s.unlock("t:job", old)  # the overrun holder comes back: it must not free the new holder's lock
+    assert s.try_lock("t:job", 60) is None
+    s.unlock("t:job", new)
+
+
+def test_lock_context_waits_then_gives_up(state_backend):
+    s = state_backend
+    token = s.try_lock("t:refresh", 60)
+    started = time.monotonic()
+    with s.lock("t:refresh", ttl=60, wait=0.3) as held:
+        assert held is False
+    assert 0.25 <= time.monotonic() - started < 5
+    s.unlock("t:refresh", token)
+    with s.lock("t:refresh", ttl=60, wait=1) as held:
+        assert held is True
+        assert s.try_lock("t:refresh", 60) is None
+    assert s.try_lock("t:refresh", 60) is not None
+
+
+def test_lock_is_single_flight_under_threads(state_backend):
+    s = state_backend
+    inside = 0
+    most = 0
+    guard = threading.Lock()
+
+    def work() -> None:
+        nonlocal inside, most
+        with s.lock("t:single", ttl=30, wait=30) as held:
+            assert held
+            with guard:
+                inside += 1
+                most = max(most, inside)
+            time.sleep(0.01)
+            with guard:
+                inside -= 1
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert most == 1
+
+
+# --- collections --------------------------------------------------------------------------------
+def test_collection_crud(state_backend):
+    c = state_backend.collection("t_docs")
+    assert c.all() == [] and c.get("x") is None
+    stored = c.put({"id": "x", "kind": "a", "n": 1})
+    assert stored == {"id": "x", "kind": "a", "n": 1}
+    generated = c.put({"kind": "b", "n": 2})
+    assert isinstance(generated["id"], str) and generated["id"]
+    c.put({"id": "z", "kind": "a", "n": 3})
+    assert c.get("x") == {"id": "x", "kind": "a", "n": 1}
+    assert sorted(d["id"] for d in c.find(kind="a")) == ["x", "z"]
+    assert c.find(kind="a", n=3) == [{"id": "z", "kind": "a", "n": 3}]
+    assert len(c.all()) == 3
+    c.put({"id": "x", "kind": "c"})  # replace, not merge
+    assert c.get("x") == {"id": "x", "kind": "c"}
+    assert c.remove("x") is True and c.remove("x") is False
+    assert c.remove_where(kind="a") == 1
+    assert [d["id"] for d in c.all()] == [generated["id"]]
+    assert state_backend.collection("t_other").all() == []
+
+
+def test_collection_update(state_backend):
+    c = state_backend.collection("t_docs")
+    assert c.update("missing", lambda d: d.update(n=1)) is None
+    c.put({"id": "x", "n": 1, "drop": True})
+
+    def change(doc: dict) -> None:
+        doc["n"] += 1
+        del doc["drop"]
+
+    assert c.update("x", change) == {"id": "x", "n": 2}
+    assert c.update("x", lambda d: {"n": 10}) == {"id": "x", "n": 10}  # a returned dict replaces it; the id stays
+    assert c.get("x") == {"id": "x", "n": 10}
+
+
+def test_collection_update_is_atomic_under_threads(state_backend):
+    c = state_backend.collection("t_docs")
+    c.put({"id": "x", "n": 0})
+
+    def bump() -> None:
+        for _ in range(10):
+            c.update("x", lambda d: d.update(n=d["n"] + 1))
+
+    threads = [threading.Thread(target=bump) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert c.get("x")["n"] == 40
+
+
+def test_collection_ttl(state_backend):
+    c = state_backend.collection("t_docs")
+    c.put({"id": "short", "kind": "a"}, ttl=SHORT)
+    c.put({"id": "long", "kind": "a"}, ttl=60)
+    c.put({"id": "forever", "kind": "a"})
+    assert sorted(d["id"] for d in c.find(kind="a")) == ["forever", "long", "short"]
+    c.update("short", lambda d: d.update(seen=True))  # an update keeps the TTL
+    time.sleep(AFTER)
+    assert c.get("short") is None and c.update("short", lambda d: None) is None
+    assert sorted(d["id"] for d in c.all()) == ["forever", "long"]
+    assert c.remove_where(kind="a") == 2
+
+
+# --- the embedded backend only ------------------------------------------------------------------
+def test_local_collections_are_store_tables_and_expired_docs_are_cleaned(tmp_path: Path):
+    store = Store(tmp_path / "store.json")
+    state = LocalState(store)
+    docs = state.collection("t_docs")
+    docs.put({"id": "gone"}, ttl=SHORT)
+    docs.put({"id": "kept"})
+    assert {d["id"] for d in store.table("t_docs").all()} == {"gone", "kept"}
+    assert any(EXPIRES_FIELD in d for d in store.table("t_docs").all())
+    time.sleep(AFTER)
+    docs.put({"id": "other"})
+    assert {d["id"] for d in store.table("t_docs").all()} == {"kept", "other"}
+    # a second process on the same file sees the documents
+    assert {d["id"] for d in LocalState(Store(tmp_path / "store.json")).collection("t_docs").all()} == {"kept", "other"}
+
+
+def test_local_repository_over_a_collection_keeps_its_api(tmp_path: Path):
+    store = Store(tmp_path / "store.json")
+    state = LocalState(store)
+    repo = AccountRepo(state.collection("accounts"))
+    account = repo.add(Account(email="a@example.com", access_token="t"))
+    assert AccountRepo(store).get(account.id).email == "a@example.com"  # same table as before
+    updated = repo.update(account.id, lambda a: setattr(a, "plan", "pro"), email="b@example.com")
+    assert updated.plan == "pro" and repo.get(account.id).email == "b@example.com"
+    assert repo.find("b@example.com").id == account.id
+    assert repo.remove(account.id) and repo.all() == []
+
+
+def test_local_lock_excludes_another_process(tmp_path: Path):
+    """The CLI (`jobs run`) and the proxy share the store: a lock one holds, the other cannot take."""
+    store_path = tmp_path / "store.json"
+    state = LocalState(Store(store_path))
+    script = textwrap.dedent("""
+        import sys
+        from codexproxy.state import LocalState
+        from codexproxy.store import Store
+        state = LocalState(Store(sys.argv[1]))
+        token = state.try_lock("job:x", 60)
+        print("got" if token else "busy", flush=True)
+        if token:
+            state.unlock("job:x", token)
+    """)
+
+    def other_process() -> str:
+        return subprocess.run([sys.executable, "-c", script, str(store_path)], capture_output=True, text=True,
+                              timeout=60, check=True).stdout.strip()
+
+    token = state.try_lock("job:x", 60)
+    assert token and other_process() == "busy"
+    state.unlock("job:x", token)
+    assert other_process() == "got"
+    token = state.try_lock("job:x", 60)
+    state.close()  # closing the app gives its locks back
+    assert other_process() == "got"
+
+
+def test_open_state_picks_the_backend(tmp_path: Path):
+    store = Store(tmp_path / "store.json")
+
+    class Config:
+        pass
+
+    assert isinstance(open_state(Config(), store), LocalState)
