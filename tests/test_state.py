@@ -16,18 +16,21 @@ import pytest
 from codexproxy.state import LocalState, open_state
 from codexproxy.store import EXPIRES_FIELD, AccountRepo, Store
 from codexproxy.models import Account
+from tests.redis_server import redis_server, redis_url  # noqa: F401 (fixtures of the redis param)
 
 SHORT = 0.3  # a TTL that runs out within a test
 AFTER = 0.5  # long enough for SHORT to have run out on a loaded machine
 
 
-@pytest.fixture(params=["local"])
+@pytest.fixture(params=["local", "redis"])
 def state_backend(request, tmp_path: Path):
     """A fresh, empty State of each backend."""
     if request.param == "local":
         state = LocalState(Store(tmp_path / "store.json"))
-    else:  # pragma: no cover - backends are added to params by their own modules
-        raise AssertionError(request.param)
+    else:  # a real redis-server (tests/redis_server.py), emptied for this test
+        from codexproxy.state_redis import RedisState
+
+        state = RedisState.from_url(request.getfixturevalue("redis_url"))
     yield state
     state.close()
 

@@ -195,3 +195,50 @@ def test_a_bad_state_section_is_one_line_naming_the_key(tmp_path, section, says)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and says in lines[0], result.stderr
     assert "pw-secret" not in result.stderr
+
+
+def test_the_generation_changes_on_any_clients_write_and_when_a_document_runs_out(two):
+    from codexproxy.models import Account
+    from codexproxy.store import AccountRepo
+
+    a, b = two
+    mine, theirs = a.collection("accounts"), b.collection("accounts")
+    repo = AccountRepo(mine)  # caches parsed records on the generation, as on the local store
+    account = repo.add(Account(email="a@example.com"))
+    seen = mine.generation()
+    assert mine.generation() == seen  # reading changes nothing
+    theirs.update(account.id, lambda d: d.update(plan="pro"))
+    assert mine.generation() != seen and repo.get(account.id).plan == "pro"
+    seen = mine.generation()
+    theirs.put({"id": "short"}, ttl=0.3)
+    assert mine.generation() != seen
+    seen = mine.generation()
+    time.sleep(0.4)
+    assert mine.generation() != seen and [r.id for r in repo.all()] == [account.id]
+    seen = mine.generation()
+    assert theirs.remove(account.id) and mine.generation() != seen and repo.all() == []
+
+
+def test_a_redis_that_never_answers_is_unavailable_within_seconds():
+    import socket
+
+    with socket.socket() as silent:  # accepts connections (the kernel's backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        state = RedisState.from_url(f"redis://127.0.0.1:{silent.getsockname()[1]}/0")
+        started = time.monotonic()
+        with pytest.raises(StateUnavailable, match="Timeout"):
+            state.get("x")
+        assert time.monotonic() - started < 6  # the socket timeout (2 s), once retried
+        state.close()
+
+
+def test_the_config_picks_the_redis_backend(tmp_path, redis_url):
+    from codexproxy.config import load_config
+    from codexproxy.state import open_state
+    from codexproxy.store import Store
+
+    config = load_config(None, {"CODEXPROXY_STATE__BACKEND": "redis", "CODEXPROXY_STATE__REDIS_URL": redis_url})
+    state = open_state(config, Store(tmp_path / "store.json"))
+    assert isinstance(state, RedisState) and state.incr("picked") == 1
+    state.close()
