@@ -1,0 +1,85 @@
+"""Two codexproxy processes on one Redis (`state.backend: redis`) serve one pool, as a user runs
+them: accounts and keys created through one are the other's, an account cooled by a 429 on one is
+skipped by the other, and while Redis is down both answer 503 and serve again once it is back."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.conftest import RESPONSES_BODY
+from tests.fakeupstream import B
+from tests.redis_server import redis_server, redis_url  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.slow
+
+
+def shared(redis_url: str) -> dict:
+    return {"state": {"backend": "redis", "redis_url": redis_url}}
+
+
+@pytest.fixture
+def pair(make_proxy, redis_url):
+    """Proxies `a` and `b`, each with its own config and data dir, on one Redis. The accounts and
+    the key are created through `a`'s CLI only."""
+    a = make_proxy(shared(redis_url), accounts=2, name="a")
+    b = make_proxy(shared(redis_url), accounts=0, key=False, name="b")
+    b.key, b.fake_accounts = a.key, a.fake_accounts
+    return a, b
+
+
+def post(proxy, key: str | None = None) -> httpx.Response:
+    auth = {"authorization": f"Bearer {key}"} if key else proxy.auth
+    return httpx.post(proxy.url + "/v1/responses", json=RESPONSES_BODY, headers=auth, timeout=30)
+
+
+def test_the_second_proxy_serves_the_pool_and_keys_made_through_the_first(pair, fake):
+    a, b = pair
+    assert {acc["email"] for acc in b.cli_json("accounts", "list")} == {acct.email for acct in a.fake_accounts}
+    r = post(b)
+    assert r.status_code == 200 and "response.completed" in r.text
+    assert fake.requests[-1].account_id in {acct.account_id for acct in a.fake_accounts}
+    assert httpx.get(b.url + "/health").json()["accounts"] == 2
+
+
+def test_an_account_cooled_by_a_429_on_one_proxy_is_skipped_by_the_other(pair, fake):
+    a, b = pair
+    limited, other = a.fake_accounts
+    fake.set_default(limited, B.rate_limited(retry_after=600))
+    for _ in range(4):  # until a's routing has tried the limited account (and failed over)
+        assert post(a).status_code == 200
+        if any(r.account_id == limited.account_id for r in fake.requests):
+            break
+    assert any(r.account_id == limited.account_id for r in fake.requests), "a never tried the limited account"
+    seen_by_b = {acc["chatgpt_account_id"]: acc["status"] for acc in b.cli_json("accounts", "list")}
+    assert seen_by_b[limited.account_id] == "cooling"
+    tried = len(fake.requests)
+    for _ in range(6):
+        assert post(b).status_code == 200
+    assert {r.account_id for r in fake.requests[tried:]} == {other.account_id}
+
+
+def test_redis_down_is_a_503_on_both_and_both_serve_again_when_it_returns(make_proxy, fake):
+    from tests.redis_server import start_redis
+
+    server = start_redis(appendonly=True)  # a Redis that keeps its data across a restart, as deployed
+    try:
+        a = make_proxy(shared(server.url), accounts=2, name="a")
+        b = make_proxy(shared(server.url), accounts=0, key=False, name="b")
+        b.key = a.key
+        assert post(a).status_code == 200 and post(b).status_code == 200
+        server.stop()
+        for proxy in (a, b):
+            down = post(proxy)
+            assert down.status_code == 503 and down.headers["retry-after"] == "2"
+            error = down.json()["error"]
+            assert error["code"] == "state_unavailable" and "shared state is unavailable" in error["message"]
+            anthropic = httpx.post(proxy.url + "/v1/messages", headers={"x-api-key": a.key}, timeout=30,
+                                   json={"model": "claude-sonnet-4-5", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]})
+            assert anthropic.status_code == 503 and anthropic.json()["type"] == "error"  # the client's own protocol
+        server.start()
+        for proxy in (a, b, a, b):
+            assert post(proxy).status_code == 200
+        assert len(b.cli_json("accounts", "list")) == 2 and [k["name"] for k in a.cli_json("keys", "list")] == ["test"]
+    finally:
+        server.close()
