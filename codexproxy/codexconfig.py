@@ -22,14 +22,15 @@ WebSocket transport
   `client_metadata` gains `x-codex-ws-stream-request-start-ms`.
 - A failed upgrade (405, 401...) is retried ~6 s ("ERROR: Reconnecting... 2/5" .. "5/5" on stderr)
   and then "warning: Falling back from WebSockets to HTTPS transport. unexpected status ...";
-  a 426 makes it fall back to HTTP at once, with no Reconnecting line.
+  a 426 makes it fall back to HTTP at once and silently. An `error` message answering the
+  prewarm makes it drop that socket and open a new one for the turn (full input, no id).
 
 Remote compaction
 - 0.169 never calls `/responses/compact` (the path is not in the binary). Compaction is remote
-  ("v2") only for a provider whose `name` is exactly "OpenAI" (the built-in provider, or a custom
-  provider named so; Azure too); any auth works (an env_key API key does); the
-  `remote_compaction_v2` feature cannot be turned off (features.remote_compaction_v2=false
-  changes nothing). Any other provider name compacts locally: an ordinary turn with a
+  ("v2") only for a provider whose `name` is exactly "OpenAI" ("openai" is not: the built-in
+  provider, or a custom provider named so); any auth works (an env_key API key does, and with
+  a ChatGPT login present such a provider still sends its env_key); the `remote_compaction_v2`
+  feature cannot be turned off (features.remote_compaction_v2=false changes nothing). Any other provider name compacts locally: an ordinary turn with a
   summarization prompt (over WebSocket on a second socket).
 - A v2 compaction is an ordinary `/responses` request (HTTP or WebSocket) whose
   x-codex-turn-metadata says `"request_kind": "compaction"` and whose last input item is
@@ -48,6 +49,33 @@ PROVIDER_ID = re.compile(r"[A-Za-z0-9_-]+\Z")
 
 # Codex 0.169 compacts remotely only for a provider with this exact name (see above).
 REMOTE_COMPACTION_PROVIDER_NAME = "OpenAI"
+
+
+def proxy_url(app) -> str:
+    """Where Codex should find this proxy: the running one's URL (run.json), else the configured
+    address (a wildcard host as loopback)."""
+    running = app.running_proxy_url()
+    if running:
+        return running
+    host = app.config.server.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    return f"http://{f'[{host}]' if ':' in host else host}:{app.config.server.port}"
+
+
+def codex_config_text(url: str, key: str | None = None, env_key: str = "CODEXPROXY_API_KEY") -> str:
+    """What `codexproxy codex-config` prints: valid TOML as a whole (the hints are comments), so
+    it can go into ~/.codex/config.toml as it is."""
+    if key is not None and (not key or any(c.isspace() or not c.isprintable() for c in key)):
+        raise ValueError("--key must be a platform key (no spaces or control characters)")
+    shown_key = key or "<your platform key: codexproxy keys create NAME>"
+    return "\n".join([
+        "# ~/.codex/config.toml (top-level keys go above any [table] already there)",
+        render_codex_config(url, env_key),
+        "# and in your shell:",
+        f"# export {env_key}={shown_key}",
+        "",
+    ])
 
 
 def _toml_string(value: str) -> str:
