@@ -1,14 +1,14 @@
 """auth: platform keys. A gateway route needs `Authorization: Bearer <key>` or `x-api-key`.
 
 Keys are stored as a hash (see codexproxy.store.KeyRepo); this plugin only checks them:
-unknown or expired -> 401, disabled -> 403, over the key's `rpm` (a sliding 60 s window kept in
-memory) or `daily_tokens` (tokens since local midnight, from the request log) -> 429 with
-`retry-after`. Turned off, the gateway is open (the CLI warns loudly at start).
+unknown or expired -> 401, disabled -> 403, over the key's `rpm` (a sliding 60 s window) or
+`daily_tokens` (tokens since local midnight) -> 429 with `retry-after`. Both are counted in
+`app.state`, so proxies sharing a state share each key's limits. Turned off, the gateway is
+open (the CLI warns loudly at start).
 """
 
 from __future__ import annotations
 
-import collections
 import math
 import threading
 import time
@@ -20,6 +20,10 @@ from codexproxy.exchange import GatewayError
 from codexproxy.logstore import start_of_today
 
 WINDOW_S = 60.0
+RPM_KEY = "auth:rpm:{key_id}"
+TOKENS_KEY = "auth:tokens:{day}:{key_id}"  # day: the local midnight the count starts at (epoch seconds)
+COUNTING_KEY = "auth:tokens:counting"  # present while the state has counted every logged row
+SEEDED_IDS_KEPT = 1000
 
 
 class AuthConfig(PluginConfig):
@@ -31,68 +35,93 @@ def codexproxy_config_model():
     return AuthConfig
 
 
-class Limits:
-    """Per-key request times of the last minute, and tokens used today.
+def day_of(t: float) -> int:
+    """The local midnight starting the day `t` falls in."""
+    lt = time.localtime(t)
+    return int(time.mktime((lt.tm_year, lt.tm_mon, lt.tm_mday, 0, 0, 0, 0, 0, -1)))
 
-    Tokens today are read from the request log once (the first time a key with a daily limit
-    is seen) and then counted as rows are appended, so a check costs nothing per request.
+
+def _row_tokens(row: dict[str, Any]) -> int:
+    return int(row.get("input_tokens") or 0) + int(row.get("output_tokens") or 0)
+
+
+class DailyTokens:
+    """Tokens per key and day, as counters in `app.state` that expire after their day.
+
+    Each process adds the rows its own request log receives (its own requests), so processes
+    sharing a state add up without counting anything twice. What a counter cannot know is the
+    rows logged before it existed: on the embedded state (this process's memory) that is every
+    row of today before this start, so they are read from the local log once. On a shared
+    state that has been counting (COUNTING_KEY is there, set by whoever seeded first), the
+    counters already hold those rows and reading the log again would count them twice: then
+    nothing is read. Rows appended while the log is being read are counted once (see `_on_row`).
     """
 
-    def __init__(self, app) -> None:
+    def __init__(self, app: Any) -> None:
+        self.state = app.state
         self.lock = threading.Lock()
-        self.recent: dict[str, collections.deque] = {}
-        self.logs = app.logs
-        self.day: float | None = None  # start of the day the counts are for; None = not read yet
-        self.tokens: dict[str, int] = {}
-        # Ids of the newest rows read while seeding: a row appended during the seeding is read
-        # there AND reaches _on_row once the lock is free; only those few can be counted twice.
-        self.seeded_recent: set[str] = set()
+        self.seeding = False
+        self.live_ids: set[str] = set()  # rows counted by _on_row while the seed reads
+        self.seeded_ids: set[str] = set()  # the newest rows the seed counted (their _on_row may follow)
         app.logs.on_append(self._on_row)
+        if self.state.add(COUNTING_KEY, True):
+            self._seed(app.logs)
 
-    @staticmethod
-    def _row_tokens(row: dict[str, Any]) -> int:
-        return int(row.get("input_tokens") or 0) + int(row.get("output_tokens") or 0)
-
-    def _count(self, row: dict[str, Any]) -> None:
-        key_id = row.get("key_id")
-        if key_id and (row.get("time") or 0) >= (self.day or 0):
-            self.tokens[key_id] = self.tokens.get(key_id, 0) + self._row_tokens(row)
+    def _add(self, key_id: str, tokens: int, at: float) -> None:
+        day = day_of(at)
+        # Kept an hour past the day's end: a row finishing just after midnight still lands.
+        ttl = max(60.0, day + 86400 + 3600 - time.time())
+        self.state.incr(TOKENS_KEY.format(day=day, key_id=key_id), tokens, ttl=ttl)
 
     def _on_row(self, row: dict[str, Any]) -> None:
+        tokens = _row_tokens(row)
+        if not row.get("key_id") or not tokens:
+            return
         with self.lock:
-            if self.day is None:
+            if row.get("id") in self.seeded_ids:
+                self.seeded_ids.discard(row.get("id"))
                 return
-            if self.seeded_recent and row.get("id") in self.seeded_recent:
-                self.seeded_recent.discard(row.get("id"))
-                return
-            self._count(row)
+            if self.seeding and row.get("id"):
+                self.live_ids.add(row["id"])
+        self._add(row["key_id"], tokens, row.get("time") or time.time())
 
-    def tokens_today(self, key_id: str) -> int:
-        today = start_of_today()
+    def _seed(self, logs: Any) -> None:
         with self.lock:
-            if self.day != today:
-                self.day, self.tokens, self.seeded_recent = today, {}, set()
-                for n, row in enumerate(self.logs.since(today)):  # newest first
-                    if n < 1000 and row.get("id"):
-                        self.seeded_recent.add(row["id"])
-                    self._count(row)
-            return self.tokens.get(key_id, 0)
-
-    def take(self, key_id: str, rpm: int) -> float | None:
-        """Count a request; None if it fits in the last minute, else seconds to wait."""
-        now = time.monotonic()
+            self.seeding = True
+        rows = [r for r in logs.since(start_of_today()) if r.get("key_id") and _row_tokens(r)]  # newest first
         with self.lock:
-            times = self.recent.setdefault(key_id, collections.deque())
-            while times and times[0] <= now - WINDOW_S:
-                times.popleft()
-            if len(times) >= rpm:
-                return times[len(times) - rpm] + WINDOW_S - now
-            times.append(now)
-            return None
+            for row in rows:
+                if row.get("id") not in self.live_ids:
+                    self._add(row["key_id"], _row_tokens(row), row.get("time") or time.time())
+            self.seeded_ids = {r["id"] for r in rows[:SEEDED_IDS_KEPT] if r.get("id")} - self.live_ids
+            self.seeding, self.live_ids = False, set()
+
+    def today(self, key_id: str) -> int:
+        return int(self.state.get(TOKENS_KEY.format(day=day_of(time.time()), key_id=key_id), 0))
 
 
-def _limits(app) -> Limits:
-    return app.plugin_state("auth.limits", lambda: Limits(app))
+def daily_tokens(app: Any) -> DailyTokens:
+    """This process's log listener (process-local); the counts themselves are in app.state."""
+    return app.plugin_state("auth.daily_tokens", lambda: DailyTokens(app))
+
+
+@hookimpl
+def codexproxy_startup(app):
+    daily_tokens(app)  # listen to the log, and read it if needed, before the first request
+
+
+def take_request(state: Any, key_id: str, rpm: int) -> float | None:
+    """Count a request against the key's rpm; None if it fits, else seconds to wait (the refused
+    request is taken back: waiting clients do not push their own turn further away)."""
+    key = RPM_KEY.format(key_id=key_id)
+    if state.window_add(key, 1, WINDOW_S) <= rpm:
+        return None
+    state.window_add(key, -1, WINDOW_S)
+    # The first whole second after which the last minute holds fewer than rpm requests.
+    for wait in range(1, int(WINDOW_S)):
+        if state.window_sum(key, WINDOW_S - wait) < rpm:
+            return float(wait)
+    return WINDOW_S
 
 
 def offered_key(headers: dict[str, str]) -> str | None:
@@ -108,14 +137,14 @@ def _retry_after(seconds: float) -> dict[str, str]:
 
 def check_limits(app, key) -> None:
     if key.daily_tokens:
-        used = _limits(app).tokens_today(key.id)
+        used = daily_tokens(app).today(key.id)
         if used >= key.daily_tokens:
             wait = start_of_today() + 86400 - time.time()  # local midnight (DST days are close enough)
             raise GatewayError(429, f"API key {key.name!r} has used its {key.daily_tokens} tokens for today ({used} used); "
                                     f"the limit resets at local midnight.", type="rate_limit_error",
                                code="daily_token_limit_exceeded", headers=_retry_after(wait))
     if key.rpm:
-        wait = _limits(app).take(key.id, key.rpm)
+        wait = take_request(app.state, key.id, key.rpm)
         if wait is not None:
             raise GatewayError(429, f"API key {key.name!r} is over its limit of {key.rpm} requests per minute; "
                                     f"retry in {max(1, math.ceil(wait))}s.", type="rate_limit_error",
