@@ -17,7 +17,7 @@ from codexproxy.config import PluginConfig
 from codexproxy.exchange import LocalResponse, Route
 
 from . import methods, metrics, rpc, web
-from .session import Sessions
+from .session import sessions as _sessions
 
 
 class AdminPluginConfig(PluginConfig):
@@ -28,10 +28,6 @@ class AdminPluginConfig(PluginConfig):
 @hookimpl
 def codexproxy_config_model():
     return AdminPluginConfig
-
-
-def _sessions(app) -> Sessions:
-    return app.plugin_state("admin.sessions", Sessions)
 
 
 def _metrics(app) -> metrics.Metrics:

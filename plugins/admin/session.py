@@ -2,8 +2,9 @@
 
 - Scripts send `Authorization: Bearer <admin token>` (compared in constant time by the core).
 - Browsers log in once with the admin token (or a one-time link from `codexproxy run --open`)
-  and get a session cookie: random, HttpOnly, SameSite=Strict, kept only in this process's
-  memory (as a hash), so a restart logs everyone out.
+  and get a session cookie: random, HttpOnly, SameSite=Strict, kept (as a hash) in `app.state`:
+  proxies sharing a state share the sessions; on the embedded state (this process's memory)
+  a restart logs everyone out.
 - Every form carries a CSRF token tied to the session (the login form: to a pre-login cookie);
   every state-changing request with a cross-site `Origin` or `Sec-Fetch-Site` is refused.
 """
@@ -13,10 +14,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import math
 import secrets
-import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 SESSION_COOKIE = "codexproxy_session"
@@ -24,6 +26,10 @@ LOGIN_COOKIE = "codexproxy_login"
 OTP_TTL_S = 60.0
 MAX_SESSIONS = 200
 GUESSES_PER_MINUTE = 10  # wrong admin tokens per client address and minute
+SESSION_KEY = "admin:session:"  # + sha256(cookie value)
+OTP_KEY = "admin:otp:"  # + sha256(one-time code)
+LOGIN_SECRET_KEY = "admin:login-csrf-secret"
+GUESSES_KEY = "admin:guesses:"  # + client address (IPv6: its /64)
 
 
 def _digest(value: str) -> str:
@@ -35,69 +41,84 @@ class Session:
     csrf: str
     expires: float
     flash: list[tuple[str, str]] = field(default_factory=list)  # (kind, message) shown once
+    key: str = ""  # where it is kept in the state
+
+    def as_value(self) -> dict[str, Any]:
+        return {"csrf": self.csrf, "expires": self.expires, "flash": [list(f) for f in self.flash]}
 
 
 class Sessions:
-    """In-memory sessions and one-time login links of this proxy process."""
+    """Sessions, one-time login links and the login form's signing secret, in `app.state`."""
 
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.sessions: dict[str, Session] = {}  # sha256(cookie value) -> Session
-        self.otps: dict[str, float] = {}  # sha256(one-time code) -> expiry
-        self.secret = secrets.token_bytes(32)  # signs the login form's CSRF token
+    def __init__(self, state: Any) -> None:
+        self.state = state
 
     # --- sessions --------------------------------------------------------------------------
     def create(self, ttl: float) -> tuple[str, Session]:
         value = secrets.token_urlsafe(32)
-        session = Session(csrf=secrets.token_urlsafe(24), expires=time.time() + ttl)
-        with self.lock:
-            self._prune()
-            if len(self.sessions) >= MAX_SESSIONS:  # drop the one closest to expiry
-                del self.sessions[min(self.sessions, key=lambda k: self.sessions[k].expires)]
-            self.sessions[_digest(value)] = session
+        session = Session(csrf=secrets.token_urlsafe(24), expires=time.time() + ttl, key=SESSION_KEY + _digest(value))
+        live = self.state.keys(SESSION_KEY)
+        if len(live) >= MAX_SESSIONS:  # drop the one closest to expiry
+            expiries = {k: (self.state.get(k) or {}).get("expires", 0) for k in live}
+            self.state.delete(min(expiries, key=expiries.__getitem__))
+        self.state.set(session.key, session.as_value(), ttl=ttl)
         return value, session
 
     def get(self, value: str | None) -> Session | None:
         if not value:
             return None
-        with self.lock:
-            session = self.sessions.get(_digest(value))
-            if session is not None and session.expires <= time.time():
-                self.sessions.pop(_digest(value), None)
-                return None
-            return session
+        key = SESSION_KEY + _digest(value)
+        stored = self.state.get(key)
+        if not isinstance(stored, dict) or stored.get("expires", 0) <= time.time():
+            return None
+        return Session(csrf=stored["csrf"], expires=stored["expires"],
+                       flash=[(kind, text) for kind, text in stored.get("flash") or []], key=key)
 
     def end(self, value: str | None) -> None:
         if value:
-            with self.lock:
-                self.sessions.pop(_digest(value), None)
+            self.state.delete(SESSION_KEY + _digest(value))
 
-    def _prune(self) -> None:
-        now = time.time()
-        for key in [k for k, s in self.sessions.items() if s.expires <= now]:
-            del self.sessions[key]
-        for key in [k for k, t in self.otps.items() if t <= now]:
-            del self.otps[key]
+    def _save(self, session: Session) -> None:
+        ttl = session.expires - time.time()
+        if ttl > 0:
+            self.state.set(session.key, session.as_value(), ttl=ttl)
+
+    def flash(self, session: Session, kind: str, message: str) -> None:
+        """A message for the session's next page (after a redirect: maybe another process's)."""
+        session.flash.append((kind, message))
+        self._save(session)
+
+    def take_flash(self, session: Session) -> list[tuple[str, str]]:
+        """The session's messages, now shown and so forgotten."""
+        shown, session.flash = session.flash, []
+        if shown:
+            self._save(session)
+        return shown
 
     # --- one-time login links --------------------------------------------------------------
     def new_otp(self) -> str:
         code = secrets.token_urlsafe(24)
-        with self.lock:
-            self._prune()
-            self.otps[_digest(code)] = time.time() + OTP_TTL_S
+        self.state.set(OTP_KEY + _digest(code), True, ttl=OTP_TTL_S)
         return code
 
     def use_otp(self, code: str | None) -> bool:
-        """True once for a fresh code; a used or expired code is gone."""
+        """True once for a fresh code (`pop` is atomic: of two processes, one gets it)."""
         if not code:
             return False
-        with self.lock:
-            expiry = self.otps.pop(_digest(code), None)
-        return expiry is not None and expiry > time.time()
+        return self.state.pop(OTP_KEY + _digest(code)) is not None
 
     # --- the login form's CSRF token: an HMAC of the pre-login cookie ----------------------
+    def _secret(self) -> bytes:
+        # Created once with `add`, so every process sharing the state signs with the same one
+        # (a login form served by one proxy can be posted to another).
+        secret = self.state.get(LOGIN_SECRET_KEY)
+        if secret is None:
+            self.state.add(LOGIN_SECRET_KEY, secrets.token_hex(32))
+            secret = self.state.get(LOGIN_SECRET_KEY)
+        return bytes.fromhex(secret)
+
     def login_csrf(self, cookie_value: str) -> str:
-        return hmac.new(self.secret, cookie_value.encode(), hashlib.sha256).hexdigest()
+        return hmac.new(self._secret(), cookie_value.encode(), hashlib.sha256).hexdigest()
 
     def check_login_csrf(self, cookie_value: str | None, offered: str | None) -> bool:
         if not cookie_value or not offered:
@@ -106,19 +127,18 @@ class Sessions:
 
 
 class GuessLimiter:
-    """Wrong admin tokens per client address (IPv6: per /64, what one host can rotate through):
+    """Wrong admin tokens per client address (IPv6: per /64, what one host can rotate through),
+    counted in a sliding window of `app.state` (so proxies sharing a state count together):
     after GUESSES_PER_MINUTE wrong ones in a minute that address gets 429 until the oldest
     ages out, on every surface that checks the token (login form, /rpc, /status and /metrics
     with a Bearer token). Per address, so a script guessing elsewhere cannot lock the admin out;
     a script on the same machine shares the admin's address, and sessions already logged in
     are never affected."""
 
-    def __init__(self, per_minute: int = GUESSES_PER_MINUTE, window_s: float = 60.0, max_clients: int = 4096) -> None:
+    def __init__(self, state: Any, per_minute: int = GUESSES_PER_MINUTE, window_s: float = 60.0) -> None:
+        self.state = state
         self.per_minute = per_minute
         self.window_s = window_s
-        self.max_clients = max_clients
-        self.lock = threading.Lock()
-        self.failures: dict[str, list[float]] = {}
 
     @staticmethod
     def client_key(addr: str) -> str:
@@ -134,34 +154,26 @@ class GuessLimiter:
 
     def retry_after(self, addr: str) -> int | None:
         """Seconds this address must wait before its next guess, or None when it may try."""
-        key = self.client_key(addr)
-        now = time.time()
-        with self.lock:
-            recent = [t for t in self.failures.get(key, ()) if t > now - self.window_s]
-            if recent:
-                self.failures[key] = recent
-            else:
-                self.failures.pop(key, None)
-            if len(recent) < self.per_minute:
-                return None
-            return max(1, int(recent[0] + self.window_s - now) + 1)
+        key = GUESSES_KEY + self.client_key(addr)
+        if self.state.window_sum(key, self.window_s) < self.per_minute:
+            return None
+        # The first whole second after which the last minute holds fewer than the limit.
+        for wait in range(1, math.ceil(self.window_s)):
+            if self.state.window_sum(key, self.window_s - wait) < self.per_minute:
+                return wait
+        return max(1, math.ceil(self.window_s))
 
     def failed(self, addr: str) -> None:
-        key = self.client_key(addr)
-        now = time.time()
-        with self.lock:
-            if key not in self.failures and len(self.failures) >= self.max_clients:
-                for stale in [k for k, ts in self.failures.items() if not ts or ts[-1] <= now - self.window_s]:
-                    del self.failures[stale]
-                if len(self.failures) >= self.max_clients:  # still full: forget the quietest
-                    del self.failures[min(self.failures, key=lambda k: self.failures[k][-1])]
-            self.failures.setdefault(key, []).append(now)
-            del self.failures[key][:-self.per_minute]  # more than the limit tells nothing new
+        self.state.window_add(GUESSES_KEY + self.client_key(addr), 1, self.window_s)
+
+
+def sessions(app) -> Sessions:
+    return app.plugin_state("admin.sessions", lambda: Sessions(app.state))
 
 
 def guesses(app) -> GuessLimiter:
-    """The process's one limiter, shared by every admin surface."""
-    return app.plugin_state("admin.guesses", GuessLimiter)
+    """The limiter every admin surface checks (its counts are in app.state)."""
+    return app.plugin_state("admin.guesses", lambda: GuessLimiter(app.state))
 
 
 def check_admin_bearer(app, exchange) -> str | None:

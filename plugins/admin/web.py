@@ -19,6 +19,7 @@ from . import forms, pages, render
 from .methods import BadParams, NotFound
 from .session import (LOGIN_COOKIE, SESSION_COOKIE, Session, Sessions, bearer, check_admin_bearer, check_csrf, cookies, cross_site,
                       guesses, set_cookie)
+from .session import sessions as sessions_of
 
 log = logging.getLogger("codexproxy.admin")
 
@@ -84,7 +85,7 @@ def context(app, viewer: Viewer | None, nav: str, refresh: bool = True) -> dict[
     """What every page needs; `refresh` False for answers to a POST (a reload would re-send it)."""
     flash: list[tuple[str, str]] = []
     if viewer is not None and viewer.session is not None:
-        flash, viewer.session.flash = viewer.session.flash, []
+        flash = sessions_of(app).take_flash(viewer.session)
     return {"nav": nav, "csrf": viewer.session.csrf if viewer and viewer.session else "", "flash": flash,
             "logged_in": bool(viewer and viewer.session), "refresh_s": app.plugin_config("admin").auto_refresh_s if refresh else 0}
 
@@ -211,5 +212,5 @@ def post(app, exchange, sessions: Sessions, viewer: Viewer, sub: str) -> LocalRe
     log.info("status page: %s", result.message)
     if viewer.session is None:  # a script: answer with the page itself
         return _page(app, viewer, result.page, {}, 200, [("ok", result.message)])
-    viewer.session.flash.append(("ok", result.message))
+    sessions.flash(viewer.session, "ok", result.message)
     return _redirect("/status" + (f"/{result.page}" if result.page else ""))
