@@ -148,7 +148,8 @@ def test_transient_failure_backs_off_and_keeps_the_account(app, fake):
     _, account = add(app, fake)
     app.accounts.update(account.id, token_expires_at=time.time() + 60)
     clock = [1000.0]
-    app._plugin_state["accounts.refresh_backoff"] = Schedule(interval=0, base=30, cap=1800, clock=lambda: clock[0])
+    app._plugin_state["accounts.refresh_backoff"] = Schedule(app.state, "accounts:refresh-backoff", interval=0, base=30, cap=1800,
+                                                        clock=lambda: clock[0])
     app.config.oauth.issuer = "http://127.0.0.1:9"  # nothing listens: a transient failure
     assert tokens.refresh_job(app) == 0
     stored = app.accounts.get(account.id)

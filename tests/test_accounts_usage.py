@@ -12,6 +12,8 @@ import pytest
 from codexproxy.models import Account, Window
 from codexproxy_plugins.accounts import usage
 from codexproxy_plugins.accounts.backoff import Schedule
+from codexproxy.state import LocalState
+from codexproxy.store import Store
 from tests.conftest import wait_for, RESPONSES_BODY, read_sse
 
 
@@ -34,9 +36,10 @@ def stream(proxy) -> tuple[int, dict, list]:
 
 # --- pure parts --------------------------------------------------------------------------------------
 
-def test_schedule_interval_jitter_and_backoff_with_an_injected_clock():
+def test_schedule_interval_jitter_and_backoff_with_an_injected_clock(tmp_path):
     clock = [0.0]
-    s = Schedule(600, cap=1800, jitter=0.1, clock=lambda: clock[0], rand=lambda: 1.0)
+    state = LocalState(Store(tmp_path / "store.json"))
+    s = Schedule(state, "t", 600, cap=1800, jitter=0.1, clock=lambda: clock[0], rand=lambda: 1.0)
     assert s.due("a")  # never polled: due at once
     assert s.succeeded("a") == pytest.approx(660)  # interval + 10% jitter (rand=1)
     clock[0] = 659
@@ -48,7 +51,7 @@ def test_schedule_interval_jitter_and_backoff_with_an_injected_clock():
     assert s.next_at("a") == 660 + 1800 and s.failures("a") == 4
     s.succeeded("a")
     assert s.failures("a") == 0
-    short = Schedule(30, cap=1800, clock=lambda: 0.0, rand=lambda: 0.5)
+    short = Schedule(state, "t", 30, cap=1800, clock=lambda: 0.0, rand=lambda: 0.5)
     assert [short.failed("b") for _ in range(7)] == [60, 120, 240, 480, 960, 1800, 1800]
     assert short.succeeded("b") == 30  # rand=0.5: no jitter
 
@@ -132,7 +135,7 @@ def test_poll_job_backs_off_per_account(app, fake):
         app.accounts.add(Account.from_tokens(acct.id_token, acct.access_token, acct.refresh_token))
     fake.set_usage_behaviour(bad, "server_error")
     clock = [5000.0]
-    schedule = Schedule(600, cap=1800, clock=lambda: clock[0], rand=lambda: 0.5)
+    schedule = Schedule(app.state, "accounts:poll", 600, cap=1800, clock=lambda: clock[0], rand=lambda: 0.5)
     app._plugin_state["accounts.poll_schedule"] = schedule
     assert usage.poll_job(app) == 1
     ids = {a.chatgpt_account_id: a.id for a in app.accounts.all()}

@@ -1,8 +1,8 @@
 """Pending logins: started by one process (CLI, or the proxy for the status page), completed
-by whichever sees the callback. They live in the store table `pending_logins`, expire after
-oauth.pending_login_ttl_s, and are single-use: completing one first claims it in a store
-transaction (pending -> exchanging), so two completions of the same callback cannot both
-reach the issuer.
+by whichever sees the callback. They live in the state collection `pending_logins`, expire
+after oauth.pending_login_ttl_s (the record stays as long again, so its outcome can be asked),
+and are single-use: completing one first claims it with an atomic update (pending ->
+exchanging), so two completions of the same callback cannot both reach the issuer.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ class LoginError(Exception):
     """A login problem worded for the user, in one line."""
 
 
-def _table(app: Any):
-    return app.store.table(PENDING)
+def _logins(app: Any) -> Any:
+    return app.state.collection(PENDING)
 
 
 def public(rec: dict[str, Any]) -> dict[str, Any]:
@@ -38,14 +38,8 @@ def public(rec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _insert(app: Any, rec: dict[str, Any]) -> dict[str, Any]:
-    now = time.time()
     ttl = app.config.oauth.pending_login_ttl_s
-    with app.store.transaction():
-        table = _table(app)
-        # Housekeeping: forget logins long past their expiry (kept a while so status can be asked).
-        table.remove(lambda d: (d.get("expires_at") or 0) + ttl < now)
-        table.insert(rec)
-    return rec
+    return _logins(app).put(rec, ttl=rec["expires_at"] - time.time() + ttl)  # kept a while for the status
 
 
 def _new(app: Any, kind: str, meta: dict[str, Any]) -> dict[str, Any]:
@@ -77,12 +71,11 @@ def start_device(app: Any, meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def records(app: Any) -> list[dict[str, Any]]:
-    return [dict(d) for d in _table(app).all()]
+    return _logins(app).all()
 
 
 def get(app: Any, login_id: str) -> dict[str, Any] | None:
-    docs = _table(app).search(lambda d: d.get("id") == login_id)
-    return dict(docs[0]) if docs else None
+    return _logins(app).get(login_id)
 
 
 def parse_callback(url: str) -> dict[str, str]:
@@ -105,30 +98,32 @@ def parse_callback(url: str) -> dict[str, str]:
 def _claim(app: Any, state: str | None = None, login_id: str | None = None) -> dict[str, Any]:
     """Take a pending login for completion (single use); LoginError when it cannot be."""
     now = time.time()
-    with app.store.transaction():
-        table = _table(app)
-        docs = table.search(lambda d: d.get("state") == state if state else d.get("id") == login_id)
-        if not docs:
-            raise LoginError("no pending login matches this callback's state (wrong or stale URL, or a login "
-                             "started with another store); start one with `codexproxy accounts login`")
-        rec = dict(docs[0])
-        if rec["status"] != "pending":
-            raise LoginError(f"this login is already {rec['status']} (a login URL works once); start a new one")
-        if rec["expires_at"] <= now:
-            table.remove(doc_ids=[docs[0].doc_id])
-            ago = int(now - rec["expires_at"])
-            raise LoginError(f"this login expired {ago}s ago (oauth.pending_login_ttl_s); start a new one with "
-                             "`codexproxy accounts login`")
-        table.update({"status": "exchanging"}, doc_ids=[docs[0].doc_id])
+    logins = _logins(app)
+    found = logins.find(state=state) if state else [d for d in [logins.get(login_id or "")] if d]
+    if not found:
+        raise LoginError("no pending login matches this callback's state (wrong or stale URL, or a login "
+                         "started with another store); start one with `codexproxy accounts login`")
+    rec = found[0]
+    if rec["status"] == "pending" and rec["expires_at"] <= now:
+        logins.remove(rec["id"])
+        ago = int(now - rec["expires_at"])
+        raise LoginError(f"this login expired {ago}s ago (oauth.pending_login_ttl_s); start a new one with "
+                         "`codexproxy accounts login`")
+
+    def claim(doc: dict[str, Any]) -> None:
+        if doc["status"] != "pending":  # checked again inside the atomic update: one claim wins
+            raise LoginError(f"this login is already {doc['status']} (a login URL works once); start a new one")
+        doc["status"] = "exchanging"
+
+    if logins.update(rec["id"], claim) is None:
+        raise LoginError("this login was removed meanwhile; start a new one with `codexproxy accounts login`")
     return rec
 
 
 def finish(app: Any, login_id: str, status: str, account_id: str | None = None, error: str | None = None) -> None:
     """Record the outcome; the verifier is wiped (it is useless now and a secret)."""
-    with app.store.transaction():
-        _table(app).update({"status": status, "account_id": account_id, "error": error, "verifier": None,
-                            "device_auth_id": None, "finished_at": time.time()},
-                           lambda d: d.get("id") == login_id)
+    _logins(app).update(login_id, lambda d: d.update(status=status, account_id=account_id, error=error, verifier=None,
+                                                    device_auth_id=None, finished_at=time.time()))
 
 
 def error_words(code: str, description: str | None = None) -> str:

@@ -1,8 +1,9 @@
 """Token lifecycle: refresh an account's tokens, one refresh per account at a time.
 
 Refresh tokens rotate and a reused one is dead for good (`refresh_token_reused`), so:
-- every refresh holds the store's named lock `refresh:<id>`, exclusive across threads AND
-  processes (the proxy's 401 path, its scheduler, `codexproxy accounts refresh`);
+- every refresh holds the state's named lock `accounts:refresh:<id>`, exclusive across
+  threads AND processes (the proxy's 401 path, its scheduler, `codexproxy accounts refresh`,
+  other proxies on a shared state);
 - after getting the lock it re-reads the account: if someone else refreshed while we waited,
   their tokens are used and no second upstream refresh happens;
 - the rotated pair is written to the store (atomic rename) before anyone uses it.
@@ -22,6 +23,11 @@ from .backoff import Schedule
 log = logging.getLogger("codexproxy.accounts")
 
 MAX_TOKEN_AGE_S = 8 * 86400  # Codex CLI refreshes a login older than 8 days even if the token lives on
+# Held for the whole refresh: the issuer's answer (TIMEOUT: 10 s connect, 30 s read) and two
+# store writes fit well inside. A holder that dies loses the lock after this.
+REFRESH_LOCK_TTL_S = 120.0
+# How long a refresh waits for another one of the same account (whose result it then uses).
+REFRESH_LOCK_WAIT_S = 90.0
 
 
 class RefreshFailed(Exception):
@@ -31,8 +37,9 @@ class RefreshFailed(Exception):
 
 
 def backoff(app: Any) -> Schedule:
-    """Retry times after transient refresh failures (30 s doubling, at most 30 min)."""
-    return app.plugin_state("accounts.refresh_backoff", lambda: Schedule(interval=0, base=30, cap=1800))
+    """Retry times after transient refresh failures (30 s doubling, at most 30 min), in app.state."""
+    return app.plugin_state("accounts.refresh_backoff",
+                            lambda: Schedule(app.state, "accounts:refresh-backoff", interval=0, base=30, cap=1800))
 
 
 def apply_tokens(account: Account, tokens: dict[str, Any]) -> None:
@@ -66,7 +73,9 @@ def refresh(app: Any, account_id: str, reason: str, still_needed: Callable[[Acco
     asked_at = time.time()
     if still_needed is None:
         still_needed = lambda acc: (acc.last_refresh or 0) < asked_at  # noqa: E731
-    with app.store.named_lock(f"refresh:{account_id}"):
+    with app.state.lock(f"accounts:refresh:{account_id}", ttl=REFRESH_LOCK_TTL_S, wait=REFRESH_LOCK_WAIT_S) as held:
+        if not held:
+            raise RefreshFailed(f"account {account_id}: another refresh of it has not finished in {REFRESH_LOCK_WAIT_S:.0f}s")
         account = app.accounts.get(account_id)  # re-read under the lock
         if account is None:
             raise RefreshFailed(f"account {account_id} no longer exists")

@@ -7,6 +7,7 @@ accounts too; kept as snapshots). Both update the same Account fields.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -16,7 +17,6 @@ from typing import Any
 import httpx
 
 from codexproxy import outbound
-from codexproxy.store import Store
 from codexproxy.models import Account, Window
 
 from . import tokens
@@ -25,6 +25,7 @@ from .backoff import Schedule
 log = logging.getLogger("codexproxy.accounts")
 
 SNAPSHOTS = "usage_snapshots"
+OLD_SNAPSHOT_FILE = "usage_snapshots.json"  # their own store file before the state collection
 WINDOWS = ("primary", "secondary")
 POLL_BACKOFF_CAP_S = 30 * 60.0
 MARKABLE = ("active", "cooling", "exhausted_5h", "exhausted_7d")  # never overrides reauth_required/disabled
@@ -234,32 +235,71 @@ def poll_account(app: Any, account: Account) -> Account:
     return updated
 
 
-def snapshot_store(app: Any) -> Store:
-    """Snapshots live in a store file of their own: they are many and written often, and the
-    main store is rewritten (and re-read by the proxy) on every change."""
-    return app.plugin_state("accounts.snapshots", lambda: Store(app.data_dir / "usage_snapshots.json"))
+def snapshot_collection(app: Any) -> Any:
+    """The usage snapshots in the state's collection `usage_snapshots`: one document per
+    account (id = the account's id) holding its last `usage_snapshots_kept` polls, oldest
+    first, so a poll is one atomic write. Once per process, the store file of their own that
+    older versions kept is moved in first (`migrate_snapshot_file`)."""
+    app.plugin_state("accounts.snapshots_migrated", lambda: migrate_snapshot_file(app) or True)
+    return app.state.collection(SNAPSHOTS)
+
+
+def _merged(kept: list[dict[str, Any]], new: list[dict[str, Any]], keep: int) -> list[dict[str, Any]]:
+    by_time = {s["time"]: s for s in [*kept, *new] if isinstance(s.get("time"), (int, float))}
+    return [by_time[t] for t in sorted(by_time)][-keep:]
+
+
+def _add_snapshots(app: Any, account_id: str, snaps: list[dict[str, Any]]) -> None:
+    keep = app.config.jobs.usage_snapshots_kept
+    collection = app.state.collection(SNAPSHOTS)
+
+    def change(doc: dict[str, Any]) -> None:
+        doc["snapshots"] = _merged(doc.get("snapshots") or [], snaps, keep)
+
+    if collection.update(account_id, change) is None:
+        collection.put({"id": account_id, "account_id": account_id, "snapshots": _merged([], snaps, keep)})
+
+
+def migrate_snapshot_file(app: Any) -> int:
+    """Move the snapshots of `usage_snapshots.json` (their own TinyDB file until now) into the
+    state collection, then rename the file to `usage_snapshots.json.migrated` so it is read
+    once. Merged by time, so a second run (a crash before the rename) adds nothing twice.
+    Returns how many were moved."""
+    path = app.data_dir / OLD_SNAPSHOT_FILE
+    if not path.exists():
+        return 0
+    with app.state.lock("accounts:migrate-snapshots", ttl=300.0) as held:
+        if not held or not path.exists():  # another process moved them meanwhile
+            return 0
+        try:
+            old = json.loads(path.read_text() or "{}").get(SNAPSHOTS) or {}
+            docs = [dict(d) for d in old.values() if isinstance(d, dict) and isinstance(d.get("account_id"), str)]
+        except (OSError, ValueError, AttributeError) as exc:
+            log.warning("cannot read the old usage snapshots in %s (left as they are): %s", path, exc)
+            return 0
+        for account_id in {d["account_id"] for d in docs}:
+            _add_snapshots(app, account_id, [{k: v for k, v in d.items() if k != "account_id"}
+                                             for d in docs if d["account_id"] == account_id])
+        path.rename(path.with_name(path.name + ".migrated"))
+    log.info("moved %d usage snapshots from %s into the store", len(docs), path.name)
+    return len(docs)
 
 
 def save_snapshot(app: Any, account_id: str, snap: dict[str, Any]) -> None:
-    keep = app.config.jobs.usage_snapshots_kept
-    store = snapshot_store(app)
-    with store.transaction():
-        table = store.table(SNAPSHOTS)
-        table.insert({"account_id": account_id, **snap})
-        mine = sorted(table.search(lambda d: d.get("account_id") == account_id), key=lambda d: d.get("time") or 0)
-        if len(mine) > keep:
-            table.remove(doc_ids=[d.doc_id for d in mine[:len(mine) - keep]])
+    """Keep this poll's snapshot, dropping the account's oldest beyond `usage_snapshots_kept`
+    (from a worker thread or the CLI: a collection write may wait on the store's fsync)."""
+    snapshot_collection(app)
+    _add_snapshots(app, account_id, [snap])
 
 
 def snapshots(app: Any, account_id: str, limit: int = 20) -> list[dict[str, Any]]:
-    docs = snapshot_store(app).table(SNAPSHOTS).search(lambda d: d.get("account_id") == account_id)
-    return [dict(d) for d in sorted(docs, key=lambda d: d.get("time") or 0)[-limit:]]
+    """The account's newest `limit` snapshots, oldest first."""
+    doc = snapshot_collection(app).get(account_id) or {}
+    return [{"account_id": account_id, **s} for s in (doc.get("snapshots") or [])[-limit:]] if limit > 0 else []
 
 
 def forget(app: Any, account_id: str) -> None:
-    store = snapshot_store(app)
-    with store.transaction():
-        store.table(SNAPSHOTS).remove(lambda d: d.get("account_id") == account_id)
+    snapshot_collection(app).remove(account_id)
 
 
 def pollable(account: Account) -> bool:
@@ -267,7 +307,8 @@ def pollable(account: Account) -> bool:
 
 
 def poll_schedule(app: Any) -> Schedule:
-    return app.plugin_state("accounts.poll_schedule", lambda: Schedule(app.config.jobs.usage_poll_interval_s, cap=POLL_BACKOFF_CAP_S))
+    return app.plugin_state("accounts.poll_schedule", lambda: Schedule(app.state, "accounts:poll", app.config.jobs.usage_poll_interval_s,
+                                                                       cap=POLL_BACKOFF_CAP_S))
 
 
 def poll_job(app: Any) -> int:
