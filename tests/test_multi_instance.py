@@ -1,6 +1,6 @@
 """Two codexproxy processes on one Redis (`state.backend: redis`) serve one pool, as a user runs
 them: accounts and keys created through one are the other's, an account cooled by a 429 on one is
-skipped by the other, and while Redis is down both answer 503 and serve again once it is back."""
+skipped by the other, a key's rpm limit counts the requests of both, and while Redis is down both answer 503 and serve again once it is back."""
 
 from __future__ import annotations
 
@@ -57,6 +57,15 @@ def test_an_account_cooled_by_a_429_on_one_proxy_is_skipped_by_the_other(pair, f
     for _ in range(6):
         assert post(b).status_code == 200
     assert {r.account_id for r in fake.requests[tried:]} == {other.account_id}
+
+
+def test_a_keys_rpm_limit_counts_the_requests_of_both_proxies(pair, fake):
+    a, b = pair
+    key = a.cli_json("keys", "create", "limited", "--rpm", "3")["key"]
+    answers = [post(proxy, key) for proxy in (a, b, a, b)]
+    assert [r.status_code for r in answers] == [200, 200, 200, 429]
+    assert "3 requests per minute" in answers[3].text and int(answers[3].headers["retry-after"]) >= 1
+    assert post(a, key).status_code == 429
 
 
 def test_redis_down_is_a_503_on_both_and_both_serve_again_when_it_returns(make_proxy, fake):
