@@ -265,7 +265,7 @@ def startup_with_rows(cp: CodexProxy, workdir: Path, rows: int, rounds: int = 2)
 
 def converter_throughput(cpu_s: float) -> dict[str, float]:
     from codexproxy import sse
-    from codexproxy.proxy import PassthroughTransform
+    from codexproxy.pipeline import PassthroughTransform
     from plugins.adapter.anthropic import AnthropicStream
     from plugins.adapter.chat import ChatStream
     from plugins.adapter.responses import ResponsesStream

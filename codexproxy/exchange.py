@@ -82,6 +82,7 @@ class Route:
     `needs_key`: the platform-key check (`codexproxy_authenticate`) runs first.
     `upstream_path`: appended to the upstream base URL; `upstream_streams`: the upstream
     answers with an SSE stream (False: one JSON answer, passed through as it is).
+    `logged`: False keeps it out of the request log (liveness probes, page views, scrapes).
     """
 
     kind: str
@@ -91,6 +92,7 @@ class Route:
     name: str = ""
     upstream_path: str = "/responses"
     upstream_streams: bool = True
+    logged: bool = True
 
 
 @dataclass
@@ -184,6 +186,9 @@ class Exchange:
     client_stream: bool = True
     session_id: str | None = None
     is_codex_client: bool = False
+    # Set by the transport adapter.
+    transport: str = "http"  # "http", or "websocket" (one turn of a socket)
+    prefer_account: str | None = None  # the account the transport would keep (a socket's last turn's)
     # Set by routing and the core while the request runs.
     account: Any = None  # models.Account of the current attempt, or None
     attempts: list[Attempt] = field(default_factory=list)
@@ -192,7 +197,7 @@ class Exchange:
     usage: Usage | None = None
     completed: bool = False  # saw response.completed / response.incomplete
     error: str | None = None
-    meta: dict[str, Any] = field(default_factory=dict)  # free space for plugins, keyed by plugin name
+    meta: dict[str, Any] = field(default_factory=dict)  # free space for plugins and the core ("_done")
 
     _json: Any = field(default=None, repr=False)
     _json_loaded: bool = field(default=False, repr=False)
@@ -224,8 +229,8 @@ class Exchange:
 
 @dataclass
 class Retry:
-    """Answer of `codexproxy_upstream_failed`: send the request again to `account`
-    (None = the configured fallback upstream, without pool credentials)."""
+    """Answer of `codexproxy_upstream_failed`: send the request again to `account`, or to the
+    configured fallback upstream (without pool credentials) when `use_fallback` is set."""
 
     account: Any = None
     use_fallback: bool = False

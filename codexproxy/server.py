@@ -21,8 +21,9 @@ from mitmproxy import options
 from mitmproxy.addons import core, next_layer, proxyserver, tlsconfig
 from mitmproxy.master import Master
 
-from . import failover, http1_server
+from . import failover, http1_server, wsadapter
 from .proxy import Gateway
+from .wsadapter import WebSocketGateway
 
 log = logging.getLogger("codexproxy")
 
@@ -105,6 +106,7 @@ class ProxyServer:
         self.app = app
         self.master: Master | None = None
         self.gateway = Gateway(app)
+        self.sockets = WebSocketGateway(app, self.gateway.pipeline)  # the same pipeline, another transport
         self.port: int | None = None
         self._watchdog: asyncio.Task | None = None
 
@@ -113,6 +115,7 @@ class ProxyServer:
         cfg = self.app.config
         failover.install()
         http1_server.install(head_timeout_s=cfg.server.head_timeout_s)
+        wsadapter.install(max_message_bytes=cfg.limits.max_body_bytes)
         origin = urlsplit(cfg.upstream.base_url)
         opts = options.Options(
             listen_host=cfg.server.host,
@@ -122,7 +125,9 @@ class ProxyServer:
         )
         self.master = Master(opts, event_loop=asyncio.get_running_loop())
         self.proxyserver = proxyserver.Proxyserver()
-        self.master.addons.add(core.Core(), self.proxyserver, next_layer.NextLayer(), tlsconfig.TlsConfig(), self.gateway)
+        self.sockets.proxyserver = self.proxyserver
+        self.master.addons.add(core.Core(), self.proxyserver, next_layer.NextLayer(), tlsconfig.TlsConfig(),
+                               self.sockets, self.gateway)
         limit = cfg.limits.max_body_bytes
         opts.update(
             # lazy: never connect upstream before our hooks chose where (and whether) to go.
@@ -197,6 +202,7 @@ class ProxyServer:
             await asyncio.sleep(0.05)
         if self._watchdog:
             self._watchdog.cancel()
+        await self.sockets.close()
         self.master.shutdown()
         try:
             await asyncio.wait_for(self._run_task, timeout=5)

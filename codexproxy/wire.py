@@ -71,6 +71,15 @@ def authority(url: str) -> str:
     return host if parts.port in (None, default) else f"{host}:{parts.port}"
 
 
+def account_credentials(account) -> dict[str, str]:
+    """What an account puts on every request to the upstream (the proxied ones and the
+    proxy's own: usage polls, model lists)."""
+    headers = {"authorization": f"Bearer {account.access_token}"}
+    if account.chatgpt_account_id:
+        headers["chatgpt-account-id"] = account.chatgpt_account_id
+    return headers
+
+
 def passed_client_headers(fields: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """The client's headers that go upstream, in the client's order and spelling (duplicates
     joined with ", " as RFC 9110 allows)."""

@@ -18,7 +18,7 @@ from codexproxy import hookimpl
 from codexproxy.config import PluginConfig
 from codexproxy.logstore import compile_query
 
-FIELDS = ("time", "id", "key_id", "key_name", "account_id", "account", "protocol", "method", "path", "model", "effort",
+FIELDS = ("time", "id", "key_id", "key_name", "account_id", "account", "protocol", "transport", "method", "path", "model", "effort",
           "status", "latency_ms", "ttfb_ms", "input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens",
           "attempts", "error")
 
@@ -59,6 +59,7 @@ def row_for(exchange) -> dict[str, Any]:
         "account_id": getattr(account, "id", None),
         "account": getattr(account, "email", None) or getattr(account, "label", None),
         "protocol": exchange.protocol,
+        "transport": exchange.transport,
         "method": exchange.method,
         "path": exchange.path,
         "model": exchange.model,

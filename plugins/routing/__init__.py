@@ -164,7 +164,8 @@ def _pick(app, exchange, pool: list):
 def codexproxy_select_account(app, exchange):
     cfg = app.plugin_config("routing")
     pool = candidates(app, exchange)
-    if cfg.sticky_ttl_s and (owner := _bindings(app).owner_of(exchange)):
+    # The conversation's bound account first, else the one the transport keeps (a socket's last turn's).
+    if owner := (cfg.sticky_ttl_s and _bindings(app).owner_of(exchange)) or getattr(exchange, "prefer_account", None):
         pool.sort(key=lambda a: a.id != owner)  # stable: the owner first, then the strategy's order
     if not pool:
         raise _no_account_error(app, exchange)

@@ -1,0 +1,400 @@
+"""The WebSocket adapter: Codex's Responses WebSocket transport, into the same pipeline.
+
+Codex opens `GET /responses` with `Upgrade: websocket` and sends one text message
+`{"type": "response.create", ...a Responses body...}` per turn; the server answers each with the
+events of the SSE stream, one JSON text message per event. Here:
+
+- The upgrade is admitted like an HTTP request (route and platform key on its head; refused
+  with the error JSON before any upgrade), then answered 101 by the proxy itself.
+- Every `response.create` is one exchange through `pipeline.Pipeline`, exactly as an HTTP
+  POST of the same body with the upgrade's headers would be (key check, prepare, account,
+  failover, exchange_done and its log row, with `transport` "websocket").
+- Upstream, a turn is an ordinary HTTP SSE request (httpx, one pooled client): the pipeline's
+  UpstreamCall as it is. Why not a WebSocket upstream: the HTTP path is the one the pool's
+  failover, hold-back and usage headers already work on, and a turn's set-up on a kept-alive
+  pooled connection costs no handshake; bench/run.py measures the per-event delay.
+- Codex sends `previous_response_id` with only the new input items when the previous turn on
+  the same socket was a prefix of this one (the backend keeps that turn in the connection). The
+  socket keeps its last turn's input and output here, and spells the input out in full for
+  the upstream, which never sees the id.
+- Errors are `{"type": "error", "status": N, "error": {...}}` messages (Codex reads the
+  status and the upstream's error object, `usage_limit_reached` included); the socket stays
+  open for the next turn. A client that goes away cancels its turn and closes the upstream
+  request; an upstream that breaks ends the turn with a `response.failed` event.
+
+mitmproxy does the framing (wsproto): the 101 is a flow answered in `request`, client
+messages arrive as `websocket_message` events, answers are injected. `install()` swaps in a
+layer that never relays anything to an upstream socket (there is none: pings are answered
+here, and a close closes the client side only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import wsproto
+from mitmproxy import http
+from mitmproxy.proxy import commands, events
+from mitmproxy.proxy.layers import websocket as ws_layers
+from mitmproxy.websocket import WebSocketMessage
+from wsproto.frame_protocol import Opcode
+
+from . import sse
+from .exchange import Exchange, GatewayError, LocalResponse
+from .pipeline import Pipeline, UpstreamCall, plugin_error
+from .proxy import SOCKET, exchange_from_request, http_response
+from .streams import HoldWatch
+from .upstream import stream_cut_error
+
+log = logging.getLogger("codexproxy.websocket")
+
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
+UPGRADE_ONLY_HEADERS = frozenset({"upgrade", "connection", "sec-websocket-key", "sec-websocket-version",
+                                  "sec-websocket-extensions", "sec-websocket-protocol", "openai-beta"})
+ERROR_BODY_LIMIT = 64 * 1024
+
+
+def accept_key(key: str) -> str:
+    return base64.b64encode(hashlib.sha1(key.encode() + GUID).digest()).decode()
+
+
+def is_upgrade(req: http.Request) -> bool:
+    return req.method == "GET" and req.headers.get("upgrade", "").lower() == "websocket"
+
+
+@dataclass
+class Socket:
+    """One client WebSocket: its upgrade request, and what a turn needs of the last one."""
+
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    header_fields: list[tuple[str, str]]
+    client_addr: str
+    turns: asyncio.Queue = field(default_factory=asyncio.Queue)
+    worker: asyncio.Task | None = None
+    account_id: str | None = None  # the last turn's account: the next turn prefers it
+    last_input: list = field(default_factory=list)
+    last_output: list = field(default_factory=list)
+    last_response_id: str | None = None
+
+    def exchange(self, body: bytes) -> Exchange:
+        ex = Exchange(method="POST", path=self.path, query=dict(self.query), headers=dict(self.headers),
+                      header_fields=list(self.header_fields), body=b"", client_addr=self.client_addr)
+        ex.transport, ex.prefer_account = "websocket", self.account_id
+        return ex
+
+
+class WebSocketGateway:
+    """The mitmproxy addon for WebSocket flows (methods named after mitmproxy events)."""
+
+    def __init__(self, app: Any, pipeline: Pipeline) -> None:
+        self.app = app
+        self.pipeline = pipeline
+        self.proxyserver: Any = None  # set by server.py: injects our messages
+        self._client: httpx.AsyncClient | None = None
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            cfg = self.app.config.upstream
+            self._client = httpx.AsyncClient(
+                verify=cfg.httpx_verify(), http2=False,
+                timeout=httpx.Timeout(connect=cfg.connect_timeout_s, read=cfg.stream_idle_timeout_s, write=60, pool=60))
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
+    # --- the upgrade ----------------------------------------------------------------------
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if not is_upgrade(flow.request):
+            return
+        peer = flow.client_conn.peername
+        probe = exchange_from_request(flow.request, f"{peer[0]}" if peer else "")
+        probe.method = "POST"  # a turn is a POST of its body: route and key as for one
+        try:
+            self.pipeline.admit(probe)
+            if probe.route is None or probe.route.kind != "upstream" or probe.route.protocol != "responses":
+                raise GatewayError(404, f"No WebSocket endpoint at {probe.path}; use /v1/responses.", code="not_found")
+            if flow.request.headers.get("sec-websocket-version") != "13" or not flow.request.headers.get("sec-websocket-key"):
+                raise GatewayError(400, "Not a valid WebSocket upgrade (Sec-WebSocket-Version 13 and a key are required).",
+                                   code="bad_upgrade")
+        except GatewayError as err:
+            flow.response = http_response(self.pipeline.error_answer(None, err))
+            flow.metadata[SOCKET] = None
+            return
+        except Exception:
+            flow.response = http_response(self.pipeline.error_answer(None, plugin_error("websocket upgrade")))
+            flow.metadata[SOCKET] = None
+            return
+        headers = {k: v for k, v in probe.headers.items() if k not in UPGRADE_ONLY_HEADERS}
+        fields = [(n, v) for n, v in probe.header_fields if n.lower() not in UPGRADE_ONLY_HEADERS]
+        flow.metadata[SOCKET] = Socket(probe.path, probe.query, headers, fields, probe.client_addr)
+        flow.response = http.Response.make(101, b"", {
+            "upgrade": "websocket", "connection": "Upgrade",
+            "sec-websocket-accept": accept_key(flow.request.headers["sec-websocket-key"])})
+
+    # --- messages -------------------------------------------------------------------------
+    def websocket_start(self, flow: http.HTTPFlow) -> None:
+        sock: Socket | None = flow.metadata.get(SOCKET)
+        if sock is not None:
+            sock.worker = asyncio.create_task(self._serve(flow, sock))
+
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        sock: Socket | None = flow.metadata.get(SOCKET)
+        if sock is None or flow.websocket is None or not flow.websocket.messages:
+            return
+        message = flow.websocket.messages.pop()  # kept nowhere else: a long socket holds no history
+        if message.from_client:
+            sock.turns.put_nowait(message)
+
+    def websocket_end(self, flow: http.HTTPFlow) -> None:
+        sock: Socket | None = flow.metadata.get(SOCKET)
+        if sock is not None and sock.worker is not None:
+            sock.worker.cancel()  # the client went away: its turn (and upstream request) ends
+
+    def _send(self, flow: http.HTTPFlow, payload: str | dict) -> None:
+        text = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
+        try:
+            self.proxyserver.inject_event(ws_layers.WebSocketMessageInjected(
+                flow, _message(text)))
+        except ValueError:
+            raise asyncio.CancelledError from None  # the connection is gone
+
+    async def _serve(self, flow: http.HTTPFlow, sock: Socket) -> None:
+        """One turn at a time, in order (Codex waits for each turn's end before the next)."""
+        while True:
+            message = await sock.turns.get()
+            try:
+                await self._turn(flow, sock, message)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("websocket turn failed")
+
+    # --- one turn -------------------------------------------------------------------------
+    def _bad_message(self, flow: http.HTTPFlow, err: GatewayError) -> None:
+        """A message that is no turn: an error event, and the socket stays open."""
+        self._send(flow, _error_event(self.pipeline.error_answer(None, err)))
+
+    async def _turn(self, flow: http.HTTPFlow, sock: Socket, message: Any) -> None:
+        if message.is_text is False:
+            self._bad_message(flow, GatewayError(400, "Binary messages are not supported; send JSON text.", code="invalid_message"))
+            return
+        try:
+            request = json.loads(message.text)
+        except ValueError as exc:
+            self._bad_message(flow, GatewayError(400, f"Message is not valid JSON: {exc}", code="invalid_message"))
+            return
+        kind = request.get("type") if isinstance(request, dict) else None
+        if kind == "response.processed":
+            return  # Codex acknowledges a turn it has consumed: nothing to do
+        if kind != "response.create":
+            self._bad_message(flow, GatewayError(400, f"Unsupported message type {kind!r}; expected 'response.create'.",
+                                                   code="invalid_message", param="type"))
+            return
+        body = {k: v for k, v in request.items() if k != "type"}
+        body = self._spelled_out(sock, body)
+        body.setdefault("stream", True)
+        ex = sock.exchange(b"")
+        self.pipeline.start(ex)
+        transport_error = None
+        try:
+            raw = json.dumps(body, ensure_ascii=False).encode()
+            self.pipeline.admit(ex, len(raw))
+            step = await self.pipeline.begin(ex, raw)
+            while isinstance(step, UpstreamCall):
+                step, transport_error = await self._attempt(flow, sock, ex, step)
+            if isinstance(step, LocalResponse):
+                self._send(flow, _error_event(step))
+        except GatewayError as err:
+            self._send(flow, _error_event(self.pipeline.error_answer(ex, err)))
+        except asyncio.CancelledError:
+            ex.error = ex.error or "client disconnected"
+            raise
+        except Exception:
+            err = plugin_error("websocket turn")
+            self._send(flow, _error_event(self.pipeline.error_answer(ex, err)))
+        finally:
+            self.pipeline.done(ex, transport_error)
+        if ex.completed:
+            sock.account_id = getattr(ex.account, "id", None)
+            sock.last_input = body.get("input") if isinstance(body.get("input"), list) else []
+
+    def _spelled_out(self, sock: Socket, body: dict) -> dict:
+        """`previous_response_id` naming this socket's last turn: its input and output
+        prepended, the id dropped (the upstream keeps no turn of ours)."""
+        previous = body.get("previous_response_id")
+        if previous is None or previous != sock.last_response_id:
+            return body
+        body = dict(body)
+        del body["previous_response_id"]
+        new = body.get("input") if isinstance(body.get("input"), list) else []
+        body["input"] = [*sock.last_input, *sock.last_output, *new]
+        return body
+
+    async def _attempt(self, flow: http.HTTPFlow, sock: Socket, ex: Exchange,
+                       call: UpstreamCall) -> tuple[UpstreamCall | LocalResponse | None, str | None]:
+        """Send one attempt; stream it to the client. Returns the next step (another attempt,
+        an answer, or None when the turn is over) and a transport error to log."""
+        released = False
+        session = None
+        try:
+            async with self.client.stream("POST", call.url, headers=call.headers, content=call.body) as resp:
+                headers = _header_dict(resp.headers)
+                verdict = self.pipeline.answered(ex, resp.status_code, headers)
+                if verdict != "stream":
+                    body = await _read_limited(resp)
+                    if verdict == "json":
+                        return LocalResponse(resp.status_code, body, {"content-type": "application/json"}), None
+                    return await self.pipeline.failed(ex, body=body), None
+                session = self.pipeline.open_stream(ex, resp.status_code, headers)
+                hold, held = HoldWatch(), []
+                out = _Outbox(self, flow, sock)
+                async for chunk in resp.aiter_raw():
+                    if not released:
+                        held.append(chunk)
+                        verdict = hold(chunk)
+                        if verdict is None:
+                            continue
+                        if isinstance(verdict, GatewayError):
+                            return await self.pipeline.failed(ex, stream_failure=verdict), None
+                        chunk, released = b"".join(held), True
+                    out.send(session.feed(chunk))
+                if not released:
+                    verdict = hold(b"", final=True)
+                    if isinstance(verdict, GatewayError):
+                        return await self.pipeline.failed(ex, stream_failure=verdict), None
+                    out.send(session.feed(b"".join(held)))
+                out.send(session.finish())
+                sock.last_output, sock.last_response_id = out.items, out.response_id
+                return None, None
+        except httpx.TransportError as exc:
+            reason = f"{type(exc).__name__}: {exc}".rstrip(": ")
+            if not released:
+                return await self.pipeline.failed(ex, transport_error=reason), None
+            _Outbox(self, flow, sock).send(session.finish(stream_cut_error(reason)) if session else b"")
+            return None, reason
+
+
+class _Outbox:
+    """A turn's client side: SSE bytes from the session, one message per event; it also keeps
+    the turn's output items and response id for the next turn's `previous_response_id`."""
+
+    def __init__(self, gateway: WebSocketGateway, flow: http.HTTPFlow, sock: Socket) -> None:
+        self.gateway, self.flow = gateway, flow
+        self.parser = sse.SSEParser()
+        self.items: list = []
+        self.response_id: str | None = None
+
+    def send(self, raw: bytes) -> None:
+        for event in self.parser.feed(raw) + (self.parser.flush() if raw else []):
+            payload = event.json()
+            if isinstance(payload, dict):
+                if payload.get("type") == "response.output_item.done" and isinstance(payload.get("item"), dict):
+                    self.items.append(payload["item"])
+                elif payload.get("type") in ("response.created", "response.completed") and isinstance(payload.get("response"), dict):
+                    self.response_id = payload["response"].get("id") or self.response_id
+            self.gateway._send(self.flow, event.data)
+
+
+def _message(text: str) -> WebSocketMessage:
+    return WebSocketMessage(Opcode.TEXT, False, text.encode())
+
+
+def _header_dict(headers: httpx.Headers) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, value in headers.multi_items():
+        key = name.lower()
+        out[key] = f"{out[key]}, {value}" if key in out else value
+    return out
+
+
+async def _read_limited(resp: httpx.Response) -> bytes:
+    body = b""
+    async for chunk in resp.aiter_raw():
+        body += chunk
+        if len(body) >= ERROR_BODY_LIMIT:
+            break
+    return body[:ERROR_BODY_LIMIT]
+
+
+def _error_event(local: LocalResponse) -> dict:
+    """Codex's wrapped error event: the HTTP status and the error object it would have got."""
+    body, headers = local.encoded()
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        payload = {"error": {"message": body.decode("utf-8", "replace")}}
+    error = payload.get("error") if isinstance(payload, dict) and isinstance(payload.get("error"), dict) else payload
+    event = {"type": "error", "status": local.status, "error": error}
+    if "retry-after" in headers:
+        event["headers"] = {"retry-after": headers["retry-after"]}
+    return event
+
+
+# --- mitmproxy's WebSocket layer, with no upstream socket --------------------------------
+class GatewaySocketLayer(ws_layers.WebsocketLayer):
+    """mitmproxy's WebsocketLayer relays every frame to an upstream socket; a gateway socket
+    has none. Client messages go to the `websocket_message` hook only, pings are answered
+    here, a close closes the client side, and injected messages go to the client."""
+
+    def relay_messages(self, event: events.Event):
+        if isinstance(event, ws_layers.WebSocketMessageInjected):  # ours, to the client: sent, not recorded
+            for frame in ws_layers.Fragmentizer([], event.message.type == Opcode.TEXT)(event.message.content):
+                yield self.client_ws.send2(frame)
+            return
+        if not (isinstance(event, events.ConnectionEvent) and event.connection == self.context.client):
+            return  # there is no upstream connection to hear from
+        self.client_ws.receive_data(event.data if isinstance(event, events.DataReceived) else None)
+        for ws_event in self.client_ws.events():
+            if isinstance(ws_event, wsproto.events.Message):
+                data = ws_event.data.encode() if isinstance(ws_event.data, str) else ws_event.data
+                self.client_ws.frame_buf[-1] += data
+                if sum(map(len, self.client_ws.frame_buf)) > _message_limit():
+                    yield from self._close(1009, "message too big")
+                    return
+                if ws_event.message_finished:
+                    content = b"".join(self.client_ws.frame_buf)
+                    self.client_ws.frame_buf = [b""]
+                    opcode = Opcode.TEXT if isinstance(ws_event.data, str) else Opcode.BINARY
+                    self.flow.websocket.messages.append(WebSocketMessage(opcode, True, content))
+                    yield ws_layers.WebsocketMessageHook(self.flow)
+            elif isinstance(ws_event, wsproto.events.Ping):
+                yield self.client_ws.send2(ws_event.response())
+            elif isinstance(ws_event, wsproto.events.CloseConnection):
+                yield from self._close(ws_event.code, ws_event.reason or "")
+                return
+
+    def _close(self, code: int, reason: str):
+        self.flow.websocket.timestamp_end = time.time()
+        self.flow.websocket.close_code, self.flow.websocket.close_reason = code, reason
+        if self.client_ws.state in (wsproto.connection.ConnectionState.OPEN, wsproto.connection.ConnectionState.REMOTE_CLOSING):
+            yield self.client_ws.send2(wsproto.events.CloseConnection(code=code, reason=reason))
+        yield commands.CloseConnection(self.context.client)
+        yield ws_layers.WebsocketEndHook(self.flow)
+        self.flow.live = False
+        self._handle_event = self.done
+
+
+_MESSAGE_LIMIT = [16 * 1024 * 1024]
+
+
+def _message_limit() -> int:
+    return _MESSAGE_LIMIT[0]
+
+
+def install(max_message_bytes: int) -> None:
+    """Every WebSocket in this process is a gateway socket (there is no upstream to relay to)."""
+    _MESSAGE_LIMIT[0] = max_message_bytes
+    ws_layers.WebsocketLayer = GatewaySocketLayer
