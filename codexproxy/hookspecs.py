@@ -6,11 +6,29 @@ through `plugin_paths` in config.yaml or the `codexproxy` entry-point group.
 
     from codexproxy import hookimpl
 
-Every hook gets `app` (codexproxy.app.App: config, store, accounts, keys, logs, hook caller).
+Every hook gets `app` (codexproxy.app.App: config, state, accounts, keys, logs, hook caller).
 Request hooks get the `exchange` (codexproxy.exchange.Exchange) of the client request.
-Hooks run in the proxy's event loop unless said otherwise: they must not block. Raising
-`GatewayError` in a request hook answers the client with that error; any other exception
-answers 500 in the client's protocol (hooks fail closed) and is logged.
+
+One pipeline, whatever the transport (codexproxy/pipeline.py). An HTTP request (proxy.py) and
+one `response.create` message on a WebSocket (wsadapter.py) are both an Exchange driven through
+the same steps, so a plugin never needs to know which it got (`exchange.transport` says, for
+logging): exchange_start -> route -> authenticate -> prepare_request -> select_account ->
+upstream_request -> [upstream] -> upstream_response -> (upstream_failed -> upstream_request
+again on another attempt) -> response_transform -> exchange_done. The adapter frames what the
+transform produces for its client (SSE bytes for HTTP, one message per event for WebSocket);
+errors raised as GatewayError are rendered in the client's protocol by `render_error`.
+
+Shared state (codexproxy/state.py, `app.state`): anything a plugin keeps beyond one request
+(counters, rate windows, values with a TTL, leases, named locks, durable collections) goes
+through `app.state`, so the same plugin works in one process (TinyDB, the default) and in a
+pool of processes or machines on Redis (`state.backend: redis`). `app.plugin_state(name,
+factory)` is for what is truly process-local (thread pools, listeners, caches).
+
+Hooks run in the proxy's event loop unless said otherwise: they must not block (no disk
+writes with fsync, no network calls; `app.state` calls are fine, state collection writes on
+the local backend are not: hand them to a worker thread). Raising `GatewayError` in a request
+hook answers the client with that error; any other exception answers 500 in the client's
+protocol (hooks fail closed) and is logged.
 Set CODEXPROXY_TRACE_HOOKS=1 to log every hook call with its arguments and results.
 """
 
@@ -125,7 +143,9 @@ def codexproxy_upstream_failed(app, exchange, attempt):
 @hookspec(firstresult=True)
 def codexproxy_response_transform(app, exchange):
     """Return a StreamTransform (codexproxy.exchange) that turns the upstream SSE into the
-    client's protocol, or None for byte-for-byte passthrough."""
+    client's protocol, or None for byte-for-byte passthrough. Its output is SSE text: the
+    HTTP adapter sends it as it is, the WebSocket adapter sends each event's data as one
+    message."""
 
 
 @hookspec(firstresult=True)
