@@ -147,6 +147,13 @@ class State(Protocol):
         ...
 
 
+def account_inflight_key(account_id: str) -> str:
+    """The lease key of the requests in flight on one account: whoever routes a request to an
+    account holds a lease here until the request is over (limits.account_max_inflight caps
+    them), and whoever reports load (/metrics) counts them with `leases()`."""
+    return f"inflight:{account_id}"
+
+
 _NO_EXPIRY = float("inf")
 
 

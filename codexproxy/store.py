@@ -126,10 +126,11 @@ class AtomicJSONStorage(Storage):
             self._lock.release()
 
     def table_docs(self, name: str) -> dict[str, Any]:
-        """A copy of one table's documents by TinyDB doc id (cheaper than `read()`'s copy of all)."""
-        with self._lock:
-            self._sync()
-            return json.loads(json.dumps((self._cache or {}).get(name) or {}))
+        """A copy of one table's documents by TinyDB doc id, without waiting for a writer: the
+        cache is replaced whole on every write and reload, never changed in place, so the one
+        read here is a consistent snapshot (at worst the one before a write in progress)."""
+        self.peek_generation()
+        return json.loads(json.dumps((self._cache or {}).get(name) or {}))
 
     def read(self) -> dict[str, Any] | None:
         with self._lock:

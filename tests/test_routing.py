@@ -244,3 +244,41 @@ def test_a_dropped_connection_is_retried_on_the_same_account_first(make_proxy, f
     assert r.status_code == 200
     assert served_by(fake) == [first.account_id, first.account_id]
     assert accounts_by_fake_id(proxy)[first.account_id]["status"] == "active"
+
+
+def test_the_inflight_lease_of_a_dead_holder_expires(tmp_path):
+    """Requests in flight are leases in the state: one a killed proxy never released (shared
+    state) stops counting against the cap once its TTL is over, and /metrics counts the same."""
+    from codexproxy.app import App
+    from codexproxy.config import load_config
+    from codexproxy.exchange import Exchange, GatewayError
+    from codexproxy.models import Account
+    from codexproxy.state import account_inflight_key
+    from codexproxy_plugins import routing
+    from codexproxy_plugins.admin import metrics
+
+    config = load_config(None, environ={"CODEXPROXY_STORAGE__PATH": str(tmp_path / "db.json"),
+                                        "CODEXPROXY_LIMITS__ACCOUNT_MAX_INFLIGHT": "1"})
+    app = App(config)
+    try:
+        account = app.accounts.add(Account(email="a@example.com", access_token="token"))
+        inflight = account_inflight_key(account.id)
+        app.state.lease(inflight, ttl=0.5)  # held by a process that died mid-request
+
+        def scraped_inflight() -> str:
+            text = metrics.render(app, metrics.Metrics())
+            return next(line for line in text.splitlines() if line.startswith(f'codexproxy_account_inflight{{account="{account.id}"}}'))
+
+        assert scraped_inflight().endswith(" 1")
+        exchange = Exchange(method="POST", path="/v1/responses", query={}, headers={}, body=b"{}")
+        with pytest.raises(GatewayError) as busy:
+            app.hook.codexproxy_select_account(app=app, exchange=exchange)
+        assert busy.value.code == "accounts_busy"
+        time.sleep(0.8)
+        assert scraped_inflight().endswith(" 0")
+        assert app.hook.codexproxy_select_account(app=app, exchange=exchange).id == account.id
+        assert app.state.leases(inflight) == 1 and scraped_inflight().endswith(" 1")
+        routing.codexproxy_exchange_done(app=app, exchange=exchange)
+        assert app.state.leases(inflight) == 0
+    finally:
+        app.close()

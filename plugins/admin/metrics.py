@@ -1,10 +1,11 @@
 """GET /metrics: Prometheus text format (0.0.4).
 
 Counters and histograms are kept in memory by the `exchange_start` / `exchange_done` observers;
-gauges about accounts (usage %, status) are read from the store at scrape time, and job runs
-from `app.jobs.last_run`. Auth is optional: with `metrics.token` set, scrapers send it (or the
-admin token) as a Bearer token. Accounts are labelled by id; their emails appear (in
-`codexproxy_account_info`) only when `metrics.token` is set.
+gauges about accounts (usage %, status, requests in flight: the leases in `app.state` that
+routing holds) are read at scrape time, and job runs from `app.jobs.last_run`. Auth is
+optional: with `metrics.token` set, scrapers send it (or the admin token) as a Bearer token.
+Accounts are labelled by id; their emails appear (in `codexproxy_account_info`) only when
+`metrics.token` is set.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 from typing import Any, Iterable
 
 from codexproxy.exchange import LocalResponse
+from codexproxy.state import account_inflight_key
 
 from .session import bearer, guesses
 
@@ -155,11 +157,9 @@ def render(app, m: Metrics) -> str:
     w.family("codexproxy_active_requests", "gauge", "Client requests in progress.", [({}, len(active))])
     w.family("codexproxy_active_streams", "gauge", "Streaming answers in progress.",
              [({}, sum(1 for ex in upstream if ex.client_stream and ex.status is not None and ex.status < 400))])
-    inflight: dict[str, int] = {a.id: 0 for a in accounts}
-    for ex in upstream:
-        if ex.account is not None:
-            inflight[ex.account.id] = inflight.get(ex.account.id, 0) + 1
-    w.family("codexproxy_account_inflight", "gauge", "Requests in progress per account.", [({"account": a}, n) for a, n in inflight.items()])
+    # The leases routing holds per account: the count its inflight cap sees (pool-wide on a shared state).
+    w.family("codexproxy_account_inflight", "gauge", "Requests in progress per account.",
+             [({"account": a.id}, app.state.leases(account_inflight_key(a.id))) for a in accounts])
     # Emails only behind metrics.token: an open /metrics is readable by every local process and
     # by any page that can reach it, and an email says whose accounts these are.
     private = bool(app.config.metrics.token)

@@ -3,19 +3,24 @@
 Strategies: ordered (sort order), balanced (round-robin start per key+model), least_used (most
 remaining quota), reset_first (the account whose 5-hour window resets soonest while it has
 room: quota that would expire unused is spent first). A conversation stays bound to its account
-(affinity.py: in the store, across restarts) for prompt-cache hits, and moves only on failover.
-Failures before the first byte follow the table in docs (cooldowns honour reset times); the
-core re-sends and the retried answer still streams.
+(affinity.py: in a state collection, across restarts) for prompt-cache hits, and moves only on
+failover. Failures before the first byte follow `classify` and `codexproxy_upstream_failed`
+(cooldowns honour reset times); the core re-sends and the retried answer still streams.
 Turned off, the client's own credentials go upstream unchanged.
+
+Everything shared between requests is in `app.state`, so a pool of proxies on one state routes as
+one: round-robin cursors are counters, and each request in flight on an account is a lease under
+`account_inflight_key` (what limits.account_max_inflight caps and /metrics shows), which expires
+on its own if the process holding it dies. Store writes (cooldowns) happen in worker threads: the
+failure hook runs in one, and the success hook hands its write to `_writer`.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import random
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 from pydantic import Field
@@ -23,6 +28,7 @@ from pydantic import Field
 from codexproxy import hookimpl
 from codexproxy.config import PluginConfig
 from codexproxy.exchange import GatewayError, Retry
+from codexproxy.state import account_inflight_key
 
 from . import affinity
 
@@ -32,6 +38,7 @@ COOL_5XX = (30.0, 60.0)
 TLS_WORDS = ("certificate", "tls handshake", "ssl")
 COOL_CHALLENGE = 120.0
 COOL_MAX = 30 * 60.0
+CURSOR_TTL_S = 24 * 3600.0  # a key+model not seen for a day starts its round-robin over
 
 
 class RoutingConfig(PluginConfig):
@@ -46,22 +53,15 @@ def codexproxy_config_model():
     return RoutingConfig
 
 
-class Router:
-    """In-memory routing state of this process (round-robin cursors, inflight)."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.cursors: dict[tuple, itertools.count] = {}
-        self.inflight: dict[str, int] = {}
-        self.stats: dict[str, int] = {}  # failovers and cooldowns by reason, for metrics
-
-    def count(self, what: str) -> None:
-        with self.lock:
-            self.stats[what] = self.stats.get(what, 0) + 1
+def _writer(app) -> ThreadPoolExecutor:
+    """The thread that makes this plugin's store writes for hooks on the event loop."""
+    return app.plugin_state("routing.writer", lambda: ThreadPoolExecutor(1, thread_name_prefix="routing"))
 
 
-def _router(app) -> Router:
-    return app.plugin_state("routing", Router)
+def _lease_ttl(app) -> float:
+    # A lease outlives any request still being served: an answer stalls at most the idle timeout
+    # between chunks; one streaming longer than this stops counting (the cap is a soft bound then).
+    return 2 * app.config.upstream.stream_idle_timeout_s
 
 
 def _remaining(account) -> tuple:
@@ -96,11 +96,8 @@ def candidates(app, exchange) -> list:
     elif cfg.strategy == "reset_first":
         pool.sort(key=_reset_first)
     elif cfg.strategy == "balanced" and pool:
-        router = _router(app)
-        slot = (getattr(key, "id", None), exchange.model)
-        with router.lock:
-            cursor = router.cursors.setdefault(slot, itertools.count())
-            start = next(cursor) % len(pool)
+        turn = app.state.incr(f"routing:cursor:{getattr(key, 'id', None)}:{exchange.model}", ttl=CURSOR_TTL_S)
+        start = int(turn - 1) % len(pool)
         pool = pool[start:] + pool[:start]
     return pool
 
@@ -147,16 +144,19 @@ def _no_account_error(app, exchange) -> GatewayError:
 
 
 def _pick(app, exchange, pool: list):
-    """The first candidate under its inflight cap; claims a slot on it."""
+    """The first candidate under its inflight cap; takes a lease on it (released at exchange_done)."""
     cap = app.config.limits.account_max_inflight
-    router = _router(app)
-    with router.lock:
-        for account in pool:
-            if cap and router.inflight.get(account.id, 0) >= cap:
-                continue
-            router.inflight[account.id] = router.inflight.get(account.id, 0) + 1
-            exchange.meta.setdefault("routing_claims", []).append(account.id)
-            return account
+    state = app.state
+    for account in pool:
+        key = account_inflight_key(account.id)
+        if cap and state.leases(key) >= cap:
+            continue
+        token = state.lease(key, _lease_ttl(app))
+        if cap and state.leases(key) > cap:  # another request (or proxy) took the last slot meanwhile
+            state.release(key, token)
+            continue
+        exchange.meta.setdefault("routing_claims", []).append((key, token))
+        return account
     return None
 
 
@@ -177,7 +177,7 @@ def codexproxy_select_account(app, exchange):
     return account
 
 
-def _bindings(app) -> affinity.Bindings:
+def _bindings(app) -> affinity.Bindings:  # its writer thread and read cache are this process's
     return app.plugin_state("routing.affinity", lambda: affinity.Bindings(app))
 
 
@@ -202,13 +202,12 @@ def codexproxy_upstream_request(app, exchange, headers):
 @hookimpl
 def codexproxy_shutdown(app):
     _bindings(app).flush()
+    _writer(app).shutdown(wait=True)
 
 
 def _release(app, exchange) -> None:
-    router = _router(app)
-    with router.lock:
-        for account_id in exchange.meta.pop("routing_claims", []):
-            router.inflight[account_id] = max(0, router.inflight.get(account_id, 0) - 1)
+    for key, token in exchange.meta.pop("routing_claims", []):
+        app.state.release(key, token)
 
 
 # --- failure handling ------------------------------------------------------------------------
@@ -221,13 +220,11 @@ def _cool(app, account_id: str, seconds: float, reason: str, status: str = "cool
         if status == "cooling":
             account.cooldown_level += 1
     app.accounts.update(account_id, change)
-    _router(app).count(f"cooldown:{reason}")
     log.info("account %s %s for %.0fs: %s", account_id, status, seconds, reason)
 
 
 def _reauth(app, account_id: str, reason: str) -> None:
     app.accounts.update(account_id, status="reauth_required", status_reason=reason, status_until=None)
-    _router(app).count(f"cooldown:{reason}")
     log.warning("account %s needs a new login: %s", account_id, reason)
 
 
@@ -311,7 +308,6 @@ def codexproxy_upstream_failed(app, exchange, attempt):
         reconnected = exchange.meta.setdefault("routing_reconnected", [])
         if account_id not in reconnected:
             reconnected.append(account_id)
-            _router(app).count("retry:reconnect")
             return Retry(account=account, reason="reconnect")
     if kind == "unauthorized":
         already = exchange.meta.setdefault("routing_refreshed", [])
@@ -319,7 +315,6 @@ def codexproxy_upstream_failed(app, exchange, attempt):
             already.append(account_id)
             refreshed = app.hook.codexproxy_refresh_account(app=app, account_id=account_id, reason="upstream 401")
             if refreshed is not None and refreshed.access_token:
-                _router(app).count("retry:refreshed")
                 return Retry(account=refreshed, reason="token refreshed")
         current = app.accounts.get(account_id)
         if current is None or current.status != "reauth_required":  # keep the refresh's own reason
@@ -343,11 +338,9 @@ def codexproxy_upstream_failed(app, exchange, attempt):
         pool = candidates(app, exchange)
         account = _pick(app, exchange, pool) if pool else None
         if account is not None:
-            _router(app).count(f"failover:{kind}")
             _stick(app, exchange, account)
             return Retry(account=account, reason=kind)
     if app.config.upstream.fallback_base_url and not any(a.account_id is None for a in exchange.attempts):
-        _router(app).count(f"failover:{kind}")
         return Retry(account=None, use_fallback=True, reason=kind)
     if kind in ("transport",) or (attempt.status and attempt.status >= 500):
         err = _no_account_error(app, exchange)
@@ -363,11 +356,11 @@ def codexproxy_upstream_response(app, exchange, attempt):
     """A success ends a cooldown streak (the exponential back-off starts over), and a
     turn-state the upstream issues belongs to the account that answered."""
     if attempt.status and attempt.status < 400 and exchange.account is not None and exchange.account.cooldown_level:
-        app.accounts.update(exchange.account.id, cooldown_level=0)
+        _writer(app).submit(app.accounts.update, exchange.account.id, cooldown_level=0)  # this hook runs on the loop
     cfg = app.plugin_config("routing")
     turn_state = attempt.headers.get(affinity.TURN_STATE)
     if turn_state and attempt.account_id and cfg.sticky_ttl_s:
-        _bindings(app).remember_turn_state(turn_state, attempt.account_id, cfg.sticky_ttl_s, cfg.max_bindings)
+        _bindings(app).remember_turn_state(turn_state, attempt.account_id, cfg.sticky_ttl_s)
 
 
 @hookimpl
