@@ -1,4 +1,9 @@
-"""Background jobs on the `schedule` library, run by one thread inside the proxy process."""
+"""Background jobs on the `schedule` library, run by one thread inside the proxy process.
+
+Once per pool, not once per process: every run holds the state lock `job:<name>` (a second
+process or thread skips it while it runs), and a scheduled run first claims `job:due:<name>` for
+most of the interval, so when several proxies share the state only one of them runs each turn.
+A run asked for by hand (`jobs.run`, `codexproxy jobs run`) skips only the first check."""
 
 from __future__ import annotations
 
@@ -21,27 +26,35 @@ class Jobs:
         self.scheduler = schedule.Scheduler()
         self.funcs: dict[str, Callable[[Any], Any]] = {}
         self.last_run: dict[str, dict[str, Any]] = {}
-        self._locks: dict[str, threading.Lock] = {}
+        self.intervals: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def every(self, seconds: float, name: str, func: Callable[[Any], Any], jitter: float = 0.1) -> None:
         self.funcs[name] = func
-        self._locks[name] = threading.Lock()
         low = max(1, int(seconds))
         high = max(low, int(seconds * (1 + jitter)))
+        self.intervals[name] = float(low)
         job = self.scheduler.every(low)
         if high > low:
             job = job.to(high)
-        job.seconds.do(self.run, name).tag(name)
+        job.seconds.do(self.run_due, name).tag(name)
+
+    def run_due(self, name: str) -> Any:
+        """The scheduled run: skipped if another process on the state ran this turn already."""
+        if not self.app.state.add(f"job:due:{name}", time.time(), ttl=self.intervals[name] * 0.9):
+            return None
+        return self.run(name)
 
     def run(self, name: str) -> Any:
-        """Run a job now, in this thread (skipped if it is already running)."""
+        """Run a job now, in this thread (skipped if it is running here or in another process)."""
         func = self.funcs.get(name)
         if func is None:
             raise KeyError(name)
-        lock = self._locks[name]
-        if not lock.acquire(blocking=False):
+        # The lock outlives any sane run; one that hangs longer lets the next turn start anyway.
+        lock_name = f"job:{name}"
+        token = self.app.state.try_lock(lock_name, ttl=max(2 * self.intervals[name], 600.0))
+        if token is None:
             return None
         started = time.time()
         try:
@@ -53,7 +66,7 @@ class Jobs:
             self.last_run[name] = {"at": started, "ok": False, "error": str(exc)[:200]}
             return None
         finally:
-            lock.release()
+            self.app.state.unlock(lock_name, token)
 
     def start(self) -> None:
         if self._thread is not None or not self.funcs:
@@ -67,7 +80,7 @@ class Jobs:
         for name in list(self.funcs):
             if self._stop.is_set():
                 return
-            self.run(name)
+            self.run_due(name)
         while not self._stop.wait(0.5):
             self.scheduler.run_pending()
 
