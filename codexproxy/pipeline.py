@@ -349,6 +349,14 @@ class StreamSession:
         return out
 
 
+def run_transform(transform: Any, chunks: list[bytes] | tuple[bytes, ...], error: GatewayError | None = None) -> bytes:
+    """A whole upstream body through a transform exactly as the adapters drive it (one
+    StreamSession: parse, observe, feed, flush, finish); for tests and offline tools."""
+    session = StreamSession(Exchange(method="POST", path="/", query={}, headers={}, body=b""), transform)
+    out = b"".join(session.feed(chunk) for chunk in chunks)
+    return out + session.finish(error)
+
+
 class PassthroughTransform:
     """Byte-for-byte passthrough; on a broken stream, a final `response.failed` event
     (an upstream failure event already went through as it was)."""

@@ -15,7 +15,7 @@ from codexproxy.sse import SSEParser, encode
 from codexproxy_plugins.adapter.anthropic import (AnthropicAggregate, AnthropicStream,
                                                   anthropic_error_body, anthropic_to_responses,
                                                   estimate_tokens)
-from codexproxy_plugins.adapter.common import drive
+from codexproxy.pipeline import run_transform as drive
 
 GOLDEN = Path(__file__).parent / "golden"
 FIXTURES = sorted(p.stem for p in GOLDEN.glob("*.sse"))

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from codexproxy.exchange import GatewayError
 from codexproxy.sse import SSEParser, encode
 from codexproxy_plugins.adapter.chat import ChatAggregate, ChatStream, chat_to_responses
-from codexproxy_plugins.adapter.common import drive
+from codexproxy.pipeline import run_transform as drive
 
 GOLDEN = Path(__file__).parent / "golden"
 FIXTURES = sorted(p.stem for p in GOLDEN.glob("*.sse"))

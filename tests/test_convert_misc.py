@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from codexproxy.exchange import GatewayError
 from codexproxy.sse import SSEParser
 from codexproxy_plugins.adapter.chat import chat_to_responses
-from codexproxy_plugins.adapter.common import drive
+from codexproxy.pipeline import run_transform as drive
 from codexproxy_plugins.adapter.completions import (CompletionsAggregate, CompletionsStream,
                                                     completions_to_chat)
 from codexproxy_plugins.adapter.models import (anthropic_model_list, openai_model_list,

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from codexproxy.exchange import GatewayError
 from codexproxy.sse import SSEEvent, SSEParser, encode
-from codexproxy_plugins.adapter.common import (ResponseAccumulator, drive, error_status_for_code,
+from codexproxy.pipeline import run_transform as drive
+from codexproxy_plugins.adapter.common import (ResponseAccumulator, error_status_for_code,
                                                gateway_error_from_event, parse_model_effort)
 from codexproxy_plugins.adapter.responses import (ResponsesAggregate, ResponsesStream,
                                                   normalize_responses_request)

@@ -10,10 +10,10 @@ import copy
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
-from codexproxy.exchange import GatewayError, StreamTransform
-from codexproxy.sse import SSEEvent, SSEParser
+from codexproxy.exchange import GatewayError
+from codexproxy.sse import SSEEvent
 # The upstream's error vocabulary lives in the core; re-exported for the converters.
 from codexproxy.upstream import (TERMINAL_EVENTS, error_status_for_code, gateway_error_from_event,  # noqa: F401
                                  stream_cut_error)
@@ -80,17 +80,6 @@ def with_content_type(headers: dict[str, str], content_type: str) -> dict[str, s
     out = {k: v for k, v in headers.items() if k.lower() not in ("content-length", "content-type")}
     out["content-type"] = content_type
     return out
-
-
-def drive(transform: StreamTransform, chunks: Iterable[bytes],
-          error: GatewayError | None = None) -> bytes:
-    """Run a transform over a whole upstream body, the way the proxy core does chunk by chunk
-    (parse, feed, flush the parser at the end, finish). Used by tests and offline tools."""
-    parser = SSEParser()
-    out = [transform.feed(chunk, parser.feed(chunk)) for chunk in chunks]
-    out.append(transform.feed(b"", parser.flush()))
-    out.append(transform.finish(error))
-    return b"".join(out)
 
 
 # --- rebuilding the final Response ---------------------------------------------------------
