@@ -10,9 +10,11 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from codexproxy.scheduler import Jobs
 from codexproxy.state import LocalState, open_state
 from codexproxy.store import EXPIRES_FIELD, AccountRepo, Store
 from codexproxy.models import Account
@@ -320,6 +322,32 @@ def test_collection_ttl(state_backend):
     assert c.get("short") is None and c.update("short", lambda d: None) is None
     assert sorted(d["id"] for d in c.all()) == ["forever", "long"]
     assert c.remove_where(kind="a") == 2
+
+
+# --- what the core builds on it ------------------------------------------------------------------
+def test_a_job_runs_once_per_pool(state_backend):
+    """Two proxies on one state: a job running on one is skipped on the other, and a scheduled
+    turn one of them took is not run again by the other in the same interval."""
+    first, second = Jobs(SimpleNamespace(state=state_backend)), Jobs(SimpleNamespace(state=state_backend))
+    started, finish = threading.Event(), threading.Event()
+
+    def poll(app) -> str:
+        started.set()
+        finish.wait(10)
+        return "polled"
+
+    for jobs in (first, second):
+        jobs.every(60, "poll", poll)
+    running = threading.Thread(target=first.run, args=("poll",))
+    running.start()
+    assert started.wait(10)
+    assert second.run("poll") is None and "poll" not in second.last_run
+    finish.set()
+    running.join(10)
+    assert first.last_run["poll"]["ok"] is True
+    assert second.run("poll") == "polled"  # asked for by hand: runs whenever nobody else is running it
+    assert first.run_due("poll") == "polled"
+    assert second.run_due("poll") is None and first.run_due("poll") is None
 
 
 # --- the embedded backend only ------------------------------------------------------------------
