@@ -198,7 +198,7 @@ class ProxyServer:
         except Exception:
             log.debug("closing listeners failed", exc_info=True)
         deadline = asyncio.get_running_loop().time() + self.app.config.server.drain_timeout_s
-        while self.gateway.active and asyncio.get_running_loop().time() < deadline:
+        while (self.gateway.active or self.sockets.busy) and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
         if self._watchdog:
             self._watchdog.cancel()

@@ -70,7 +70,7 @@ def is_upgrade(req: http.Request) -> bool:
     return req.method == "GET" and req.headers.get("upgrade", "").lower() == "websocket"
 
 
-@dataclass
+@dataclass(eq=False)
 class Socket:
     """One client WebSocket: its upgrade request, and what a turn needs of the last one."""
 
@@ -81,6 +81,7 @@ class Socket:
     client_addr: str
     turns: asyncio.Queue = field(default_factory=asyncio.Queue)
     worker: asyncio.Task | None = None
+    busy: bool = False  # a turn is in progress
     account_id: str | None = None  # the last turn's account: the next turn prefers it
     last_input: list = field(default_factory=list)
     last_output: list = field(default_factory=list)
@@ -101,6 +102,7 @@ class WebSocketGateway:
         self.pipeline = pipeline
         self.proxyserver: Any = None  # set by server.py: injects our messages
         self._client: httpx.AsyncClient | None = None
+        self.sockets: set[Socket] = set()  # open sockets (their workers are cancelled at shutdown)
 
     @property
     def client(self) -> httpx.AsyncClient:
@@ -111,7 +113,15 @@ class WebSocketGateway:
                 timeout=httpx.Timeout(connect=cfg.connect_timeout_s, read=cfg.stream_idle_timeout_s, write=60, pool=60))
         return self._client
 
+    @property
+    def busy(self) -> bool:
+        """A turn is in progress on some socket (shutdown waits for it, like for HTTP flows)."""
+        return any(sock.busy for sock in self.sockets)
+
     async def close(self) -> None:
+        for sock in list(self.sockets):
+            if sock.worker is not None:
+                sock.worker.cancel()
         if self._client is not None:
             await self._client.aclose()
 
@@ -148,6 +158,7 @@ class WebSocketGateway:
     def websocket_start(self, flow: http.HTTPFlow) -> None:
         sock: Socket | None = flow.metadata.get(SOCKET)
         if sock is not None:
+            self.sockets.add(sock)
             sock.worker = asyncio.create_task(self._serve(flow, sock))
 
     def websocket_message(self, flow: http.HTTPFlow) -> None:
@@ -160,8 +171,10 @@ class WebSocketGateway:
 
     def websocket_end(self, flow: http.HTTPFlow) -> None:
         sock: Socket | None = flow.metadata.get(SOCKET)
-        if sock is not None and sock.worker is not None:
-            sock.worker.cancel()  # the client went away: its turn (and upstream request) ends
+        if sock is not None:
+            self.sockets.discard(sock)
+            if sock.worker is not None:
+                sock.worker.cancel()  # the client went away: its turn (and upstream request) ends
 
     def _send(self, flow: http.HTTPFlow, payload: str | dict) -> None:
         text = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
@@ -175,12 +188,15 @@ class WebSocketGateway:
         """One turn at a time, in order (Codex waits for each turn's end before the next)."""
         while True:
             message = await sock.turns.get()
+            sock.busy = True
             try:
                 await self._turn(flow, sock, message)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("websocket turn failed")
+            finally:
+                sock.busy = False
 
     # --- one turn -------------------------------------------------------------------------
     def _bad_message(self, flow: http.HTTPFlow, err: GatewayError) -> None:
