@@ -35,7 +35,7 @@ ROUTES = {
     "/v1/completions": "completions", "/completions": "completions",
     "/v1/messages": "anthropic", "/messages": "anthropic",
 }
-MODELS_STATE = "adapter.models"
+MODELS_STATE = ("adapter", "models")  # state collection and document: the upstream's model list
 
 
 class ConversationsConfig(Section):
@@ -314,13 +314,13 @@ def count_tokens(app, exchange) -> LocalResponse:
 
 
 def _models_state(app):
-    """The upstream's model list as last stored, read at most once a second: every request
-    checks its model against it, and the store's state is a table scan (the list changes
-    every few minutes at most, by the keepalive job)."""
+    """The upstream's model list as last stored, read from the state at most once a second:
+    every request checks its model against it (on the event loop), and the list changes every
+    few minutes at most, by the keepalive job."""
     memo = app.plugin_state("adapter.models_memo", dict)
     now = time.monotonic()
     if memo.get("until", 0) <= now:
-        memo["value"], memo["until"] = app.store.get_state(MODELS_STATE), now + 1.0
+        memo["value"], memo["until"] = app.state.collection(MODELS_STATE[0]).get(MODELS_STATE[1]), now + 1.0
     return memo["value"]
 
 
@@ -378,7 +378,7 @@ def refresh_models(app) -> list[str] | None:
     except ValueError:
         return None
     if slugs and slugs != _model_slugs(app):
-        app.store.set_state(MODELS_STATE, {"slugs": slugs, "at": time.time()})
+        app.state.collection(MODELS_STATE[0]).put({"id": MODELS_STATE[1], "slugs": slugs, "at": time.time()})
         app.plugin_state("adapter.models_memo", dict).clear()  # this process sees it at once
     return slugs
 
