@@ -13,6 +13,8 @@ events of the SSE stream, one JSON text message per event. Here:
   UpstreamCall as it is. Why not a WebSocket upstream: the HTTP path is the one the pool's
   failover, hold-back and usage headers already work on, and a turn's set-up on a kept-alive
   pooled connection costs no handshake; bench/run.py measures the per-event delay.
+- Codex opens a socket with a prewarm turn (`"generate": false`): answered here with an empty
+  response, no upstream call (over HTTP there is no connection cache to warm).
 - Codex sends `previous_response_id` with only the new input items when the previous turn on
   the same socket was a prefix of this one (the backend keeps that turn in the connection). The
   socket keeps its last turn's input and output here, and spells the input out in full for
@@ -36,6 +38,7 @@ import hashlib
 import json
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -220,7 +223,18 @@ class WebSocketGateway:
                                                    code="invalid_message", param="type"))
             return
         body = {k: v for k, v in request.items() if k != "type"}
+        previous = body.get("previous_response_id")
+        if previous is not None and previous != sock.last_response_id:
+            # Only this socket's last answer can be continued: the upstream keeps no turns of
+            # ours. Codex answers this error by starting over on a new socket with the full input.
+            self._bad_message(flow, GatewayError(400, f"previous_response_id {previous!r} is not the last response on this "
+                                                      "WebSocket; send the full input instead.",
+                                                 code="previous_response_not_found", param="previous_response_id"))
+            return
         body = self._spelled_out(sock, body)
+        if body.get("generate") is False:
+            self._prewarm(flow, sock, body)
+            return
         body.setdefault("stream", True)
         ex = sock.exchange(b"")
         self.pipeline.start(ex)
@@ -247,11 +261,23 @@ class WebSocketGateway:
             sock.account_id = getattr(ex.account, "id", None)
             sock.last_input = body.get("input") if isinstance(body.get("input"), list) else []
 
+    def _prewarm(self, flow: http.HTTPFlow, sock: Socket, body: dict) -> None:
+        """Codex opens each socket with `"generate": false` and only its instructions, to warm
+        the backend's per-connection cache, then sends the first turn as a continuation of it.
+        Over HTTP upstream there is nothing to warm: answered here (an empty response), and
+        remembered so the continuation is spelled out in full. No account is spent on it."""
+        response = {"id": f"resp_prewarm_{uuid.uuid4().hex}", "object": "response", "created_at": int(time.time()),
+                    "status": "completed", "model": body.get("model"), "output": [],
+                    "usage": {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}}
+        self._send(flow, {"type": "response.created", "response": {**response, "status": "in_progress"}})
+        self._send(flow, {"type": "response.completed", "response": response})
+        sock.last_input = body.get("input") if isinstance(body.get("input"), list) else []
+        sock.last_output, sock.last_response_id = [], response["id"]
+
     def _spelled_out(self, sock: Socket, body: dict) -> dict:
         """`previous_response_id` naming this socket's last turn: its input and output
         prepended, the id dropped (the upstream keeps no turn of ours)."""
-        previous = body.get("previous_response_id")
-        if previous is None or previous != sock.last_response_id:
+        if body.get("previous_response_id") is None:
             return body
         body = dict(body)
         del body["previous_response_id"]
