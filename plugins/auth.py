@@ -117,11 +117,17 @@ def take_request(state: Any, key_id: str, rpm: int) -> float | None:
     if state.window_add(key, 1, WINDOW_S) <= rpm:
         return None
     state.window_add(key, -1, WINDOW_S)
-    # The first whole second after which the last minute holds fewer than rpm requests.
-    for wait in range(1, int(WINDOW_S)):
-        if state.window_sum(key, WINDOW_S - wait) < rpm:
-            return float(wait)
-    return WINDOW_S
+    # The first whole second after which the last minute holds fewer than rpm requests (the
+    # sum over the last 60 - wait seconds only shrinks as wait grows: a binary search, a few
+    # state calls even for a client that keeps asking).
+    low, high = 1, int(WINDOW_S)
+    while low < high:
+        mid = (low + high) // 2
+        if state.window_sum(key, WINDOW_S - mid) < rpm:
+            high = mid
+        else:
+            low = mid + 1
+    return float(low)
 
 
 def offered_key(headers: dict[str, str]) -> str | None:

@@ -157,11 +157,17 @@ class GuessLimiter:
         key = GUESSES_KEY + self.client_key(addr)
         if self.state.window_sum(key, self.window_s) < self.per_minute:
             return None
-        # The first whole second after which the last minute holds fewer than the limit.
-        for wait in range(1, math.ceil(self.window_s)):
-            if self.state.window_sum(key, self.window_s - wait) < self.per_minute:
-                return wait
-        return max(1, math.ceil(self.window_s))
+        # The first whole second after which the window holds fewer than the limit (the sum
+        # over the last window_s - wait seconds only shrinks as wait grows: a binary search,
+        # a few state calls even for an address that keeps guessing).
+        low, high = 1, max(1, math.ceil(self.window_s))
+        while low < high:
+            mid = (low + high) // 2
+            if self.state.window_sum(key, self.window_s - mid) < self.per_minute:
+                high = mid
+            else:
+                low = mid + 1
+        return low
 
     def failed(self, addr: str) -> None:
         self.state.window_add(GUESSES_KEY + self.client_key(addr), 1, self.window_s)
