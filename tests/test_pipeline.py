@@ -198,3 +198,22 @@ def test_an_upstream_error_that_no_account_can_fix_is_passed_through_as_it_came(
 def _setup_key(app) -> str:
     _, secret = app.keys.create("another")
     return f"Bearer {secret}"
+
+
+def test_the_hold_back_lets_a_prelude_go_once_it_grows_past_its_cap():
+    # A prelude is small; an upstream that sends nothing but prelude events for long must not
+    # be held (and buffered) forever: past MAX_HELD bytes it goes to the client as it is.
+    hold = HoldWatch()
+    rate_limits = sse.encode("codex.rate_limits", {"type": "codex.rate_limits", "pad": "x" * 1000})
+    verdicts = [hold(rate_limits) for _ in range(HoldWatch.MAX_HELD // len(rate_limits) + 2)]
+    assert verdicts[0] is None and verdicts[-1] == "release"
+    assert verdicts.index("release") * len(rate_limits) <= HoldWatch.MAX_HELD + len(rate_limits)
+
+
+def test_the_hold_back_releases_on_the_first_output_event_and_fails_a_prelude_only_stream():
+    hold = HoldWatch()
+    assert hold(_events(("response.created", {"response": {"id": "r"}}))) is None
+    assert hold(_events(("response.output_text.delta", {"delta": "x"}))) == "release"
+    cut = HoldWatch()
+    assert cut(_events(("response.created", {"response": {"id": "r"}}))) is None
+    assert isinstance(cut(b"", final=True), GatewayError)  # ended with nothing but a prelude: failed over
