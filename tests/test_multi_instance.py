@@ -1,13 +1,15 @@
 """Two codexproxy processes on one Redis (`state.backend: redis`) serve one pool, as a user runs
 them: accounts and keys created through one are the other's, an account cooled by a 429 on one is
-skipped by the other, a key's rpm limit counts the requests of both, and while Redis is down both answer 503 and serve again once it is back."""
+skipped by the other, a key's rpm limit counts the requests of both, an instance killed mid-stream
+holds its account only until its lease runs out, and while Redis is down both answer 503 and
+serve again once it is back."""
 
 from __future__ import annotations
 
 import httpx
 import pytest
 
-from tests.conftest import RESPONSES_BODY
+from tests.conftest import RESPONSES_BODY, deep_merge
 from tests.fakeupstream import B
 from tests.redis_server import redis_server, redis_url  # noqa: F401 (fixtures)
 
@@ -92,3 +94,39 @@ def test_redis_down_is_a_503_on_both_and_both_serve_again_when_it_returns(make_p
         assert len(b.cli_json("accounts", "list")) == 2 and [k["name"] for k in a.cli_json("keys", "list")] == ["test"]
     finally:
         server.close()
+
+
+def test_kill_9_mid_stream_the_other_serves_once_the_dead_ones_lease_runs_out(make_proxy, fake, redis_url):
+    import signal
+    import threading
+    import time
+
+    from tests.conftest import wait_for
+
+    # one account, one request at a time on it; a lease lives 2 x the idle timeout (4 s here)
+    config = deep_merge(shared(redis_url), {"limits": {"account_max_inflight": 1}, "upstream": {"stream_idle_timeout_s": 2}})
+    a = make_proxy(config, accounts=1, name="a")
+    b = make_proxy(config, accounts=0, key=False, name="b")
+    b.key = a.key
+    [acct] = a.fake_accounts
+    fake.script(acct, B.drip(delay=0.5, count=60))  # a 30 s answer, cut by the kill
+    started = threading.Event()
+
+    def stream_through_a() -> None:
+        try:
+            with httpx.stream("POST", a.url + "/v1/responses", json=RESPONSES_BODY, headers=a.auth, timeout=30) as r:
+                for _ in r.iter_lines():
+                    started.set()
+        except httpx.HTTPError:
+            pass  # the proxy died under it
+
+    reader = threading.Thread(target=stream_through_a, daemon=True)
+    reader.start()
+    assert started.wait(15), "the stream through a never started"
+    a.stop(signal.SIGKILL)  # no exchange_done, no release: only the lease's TTL frees the account
+    killed_at = time.monotonic()
+    full = post(b)
+    assert full.status_code in (429, 503) and time.monotonic() - killed_at < 4  # still held by the dead one
+    wait_for(lambda: post(b).status_code == 200, timeout=15, what="b serving once the lease expired")
+    assert time.monotonic() - killed_at < 10
+    reader.join(5)
