@@ -1,6 +1,7 @@
 """Two codexproxy processes on one Redis (`state.backend: redis`) serve one pool, as a user runs
 them: accounts and keys created through one are the other's, an account cooled by a 429 on one is
-skipped by the other, a key's rpm limit counts the requests of both, an instance killed mid-stream
+skipped by the other, a key's rpm limit counts the requests of both, a conversation bound on one
+continues on its account through the other, an instance killed mid-stream
 holds its account only until its lease runs out, and while Redis is down both answer 503 and
 serve again once it is back."""
 
@@ -130,3 +131,20 @@ def test_kill_9_mid_stream_the_other_serves_once_the_dead_ones_lease_runs_out(ma
     wait_for(lambda: post(b).status_code == 200, timeout=15, what="b serving once the lease expired")
     assert time.monotonic() - killed_at < 10
     reader.join(5)
+
+
+def test_a_conversation_bound_on_one_proxy_continues_on_its_account_through_the_other(pair, fake):
+    import time
+
+    a, b = pair
+    first, second = a.fake_accounts  # "ordered" routing: `first` is every proxy's first choice
+    fake.script(first, B.rate_limited(retry_after=1))  # turn 1 fails over: the conversation moves to `second`
+    turn = {"session_id": "conversation-1", "authorization": f"Bearer {a.key}"}
+    assert httpx.post(a.url + "/v1/responses", json=RESPONSES_BODY, headers=turn, timeout=30).status_code == 200
+    assert [r.account_id for r in fake.requests] == [first.account_id, second.account_id]
+    time.sleep(1.5)  # `first` is available again: b's own choice for anything unbound
+    served = len(fake.requests)
+    assert post(b).status_code == 200 and fake.requests[-1].account_id == first.account_id
+    for _ in range(3):
+        assert httpx.post(b.url + "/v1/responses", json=RESPONSES_BODY, headers=turn, timeout=30).status_code == 200
+    assert [r.account_id for r in fake.requests[served + 1:]] == [second.account_id] * 3
