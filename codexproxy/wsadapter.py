@@ -89,6 +89,8 @@ class Socket:
     last_input: list = field(default_factory=list)
     last_output: list = field(default_factory=list)
     last_response_id: str | None = None
+    turn_output: list = field(default_factory=list)  # the turn in progress's, kept if it completes
+    turn_response_id: str | None = None
 
     def exchange(self, body: bytes) -> Exchange:
         ex = Exchange(method="POST", path=self.path, query=dict(self.query), headers=dict(self.headers),
@@ -257,9 +259,12 @@ class WebSocketGateway:
             self._send(flow, _error_event(self.pipeline.error_answer(ex, err)))
         finally:
             self.pipeline.done(ex, transport_error)
-        if ex.completed:
+        if ex.completed:  # the next turn may continue this one
             sock.account_id = getattr(ex.account, "id", None)
             sock.last_input = body.get("input") if isinstance(body.get("input"), list) else []
+            sock.last_output, sock.last_response_id = sock.turn_output, sock.turn_response_id
+        else:  # nothing to continue: a continuation is refused, and Codex starts over in full
+            sock.last_input, sock.last_output, sock.last_response_id = [], [], None
 
     def _prewarm(self, flow: http.HTTPFlow, sock: Socket, body: dict) -> None:
         """Codex opens each socket with `"generate": false` and only its instructions, to warm
@@ -319,7 +324,7 @@ class WebSocketGateway:
                         return await self.pipeline.failed(ex, stream_failure=verdict), None
                     out.send(session.feed(b"".join(held)))
                 out.send(session.finish())
-                sock.last_output, sock.last_response_id = out.items, out.response_id
+                sock.turn_output, sock.turn_response_id = out.items, out.response_id
                 return None, None
         except httpx.TransportError as exc:
             reason = f"{type(exc).__name__}: {exc}".rstrip(": ")
