@@ -102,13 +102,21 @@ class Upstream(Service):
         info = json.loads(self.proc.stdout.readline())
         self.url, self.codex_base, self.accounts = info["url"], info["codex_base"], info["accounts"]
         self.port = int(self.url.rsplit(":", 1)[1])
+        self.ws_port = int(info["ws_url"].rsplit(":", 1)[1])  # the WebSocket floor (bench/upstream.py)
 
-    def command(self, **cmd) -> None:
+    def command(self, **cmd) -> str:
+        """Send one command; returns what followed the "ok" (empty for most commands)."""
         self.proc.stdin.write(json.dumps(cmd) + "\n")
         self.proc.stdin.flush()
         answer = self.proc.stdout.readline().strip()
-        if answer != "ok":
+        status, _, rest = answer.partition(" ")
+        if status != "ok":
             raise RuntimeError(f"fake upstream: {answer}")
+        return rest
+
+    def connects(self) -> int:
+        """TCP connections the fake has accepted so far."""
+        return int(self.command(connects=True))
 
     def default(self, index: int, behaviour: str, **params) -> None:
         self.command(default=self.accounts[index]["account_id"], behaviour=behaviour, params=params)

@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -37,6 +37,8 @@ from bench import baselines  # noqa: E402
 from bench.baselines import CodexProxy, LiteLLM, Mitmdump, Upstream, rss_mb  # noqa: E402
 from bench.load import Conn, closed_loop, median, percentile, stamps  # noqa: E402
 from bench.upstream import stamped_text  # noqa: E402
+from bench.wsclient import Socket  # noqa: E402
+from bench.wsclient import stamps as ws_stamps  # noqa: E402
 from tests.strict_upstream import NginxFront  # noqa: E402
 
 
@@ -51,12 +53,14 @@ class Sizes:
     growth_requests: int
     log_rows: int
     converter_cpu_s: float
+    ws_rounds: int  # the WebSocket per-event line: rounds x turns of the drip per path
+    ws_turns: int
 
 
 FULL = Sizes(latency_rounds=5, latency_requests=100, tput_rounds=2, tput_seconds=10, event_rounds=4, event_requests=3,
-             growth_requests=20_000, log_rows=100_000, converter_cpu_s=1.0)
+             growth_requests=20_000, log_rows=100_000, converter_cpu_s=1.0, ws_rounds=6, ws_turns=4)
 QUICK = Sizes(latency_rounds=3, latency_requests=80, tput_rounds=1, tput_seconds=3, event_rounds=2, event_requests=2,
-              growth_requests=5_000, log_rows=100_000, converter_cpu_s=0.3)
+              growth_requests=5_000, log_rows=100_000, converter_cpu_s=0.3, ws_rounds=4, ws_turns=3)
 
 DRIP_DELAY = 0.02  # seconds between text deltas on the slow stream
 DRIP_COUNT = 20
@@ -360,17 +364,395 @@ def verdict(ok: bool | None) -> str:
     return "-" if ok is None else ("PASS" if ok else "MISS")
 
 
-class LatencyOnly(Exception):
-    """--latency-only: the table ends after the latency lines."""
+SECTIONS = ("latency", "throughput", "events", "websocket", "memory", "log", "converters")
+
+
+@dataclass
+class Run:
+    """What the sections share: the sizes, the services started for them, and the table."""
+
+    args: argparse.Namespace
+    sizes: Sizes
+    workdir: Path
+    up: Upstream
+    mitm: Mitmdump
+    cp: CodexProxy
+    front: NginxFront | None = None
+    mitm_tls: Mitmdump | None = None
+    cp_tls: CodexProxy | None = None
+    ll: LiteLLM | None = None
+    ll_reason: str = "skipped (--no-litellm)"
+    rows: list[tuple[str, str, str, str]] = field(default_factory=list)  # measure, value, target, verdict
+    details: list[str] = field(default_factory=list)
+    profile_lines: list[str] = field(default_factory=list)
+
+    def targets(self) -> list[Target]:
+        return [Target("direct", self.up.port, self.up.direct_request), Target("mitmdump", self.mitm.port, self.mitm.request),
+                Target("codexproxy", self.cp.port, self.cp.request)] + ([Target("litellm", self.ll.port, self.ll.request)] if self.ll else [])
+
+    def drip(self) -> None:
+        """Both accounts answer with the slow stamped stream of section 3."""
+        for index in (0, 1):
+            self.up.default(index, "drip", delay=DRIP_DELAY, count=DRIP_COUNT, text=stamped_text(DRIP_COUNT))
+
+
+async def section_latency(run: Run) -> None:
+    sizes, rows, details = run.sizes, run.rows, run.details
+    tls_targets = [Target("direct-tls", run.front.port, run.up.direct_request, tls=run.front.ssl_context()),
+                   Target("mitmdump-tls", run.mitm_tls.port, run.mitm_tls.request),
+                   Target("codexproxy-tls", run.cp_tls.port, run.cp_tls.request)]
+    # the TLS targets take part in the same interleaved rounds
+    log(f"latency: {sizes.latency_rounds} rounds x {sizes.latency_requests} sequential requests per target")
+    lat = await latency(run.targets() + tls_targets, sizes)
+    p = {name: (median(v) * 1000, percentile(v, 0.99) * 1000) for name, v in lat.items()}
+    # each path's added latency is over its own direct path (the TLS ones: over nginx itself)
+    added = {name: (p[name][0] - p[base][0], p[name][1] - p[base][1])
+             for name in p for base in ["direct-tls" if name.endswith("-tls") else "direct"]}
+    r50 = added["codexproxy"][0] / added["mitmdump"][0] if added["mitmdump"][0] > 0 else float("nan")
+    r99 = added["codexproxy"][1] / added["mitmdump"][1] if added["mitmdump"][1] > 0 else float("nan")
+    rt50 = added["codexproxy-tls"][0] / added["mitmdump-tls"][0] if added["mitmdump-tls"][0] > 0 else float("nan")
+    rows.append(("added latency per small streamed request, p50: codexproxy / bare mitmdump", fmt(r50), "<= 1.3", verdict(r50 <= 1.3)))
+    rows.append(("added latency per small streamed request, p99: codexproxy / bare mitmdump", fmt(r99), "<= 1.3", verdict(r99 <= 1.3)))
+    # TLS to the upstream must not cost codexproxy more, relatively, than it costs mitmdump:
+    # the ratio may not exceed the plain line's (10% allowed for noise between two ratios).
+    rows.append(("added latency p50 over a TLS upstream (nginx): codexproxy / bare mitmdump", fmt(rt50),
+                 f"<= plain x 1.1 ({r50 * 1.1:.2f})", verdict(rt50 <= r50 * 1.1)))
+    if run.ll:
+        rows.append(("added latency p50: LiteLLM / codexproxy (how many times more LiteLLM adds)",
+                     fmt(added["litellm"][0] / added["codexproxy"][0]), "-", "-"))
+    for name in p:
+        details.append(f"latency {name:14s}: p50 {p[name][0]:7.2f} ms  p99 {p[name][1]:7.2f} ms  "
+                       f"added over direct p50 {added[name][0]:6.2f} ms  p99 {added[name][1]:6.2f} ms  (n={len(lat[name])})")
+
+
+async def section_throughput(run: Run) -> None:
+    sizes, rows, details = run.sizes, run.rows, run.details
+    log(f"throughput: 50 clients, {sizes.tput_rounds} rounds x {sizes.tput_seconds:g}s per target")
+    rates = await throughput(run.targets(), sizes)
+    rps = {name: median(v) for name, v in rates.items()}
+    tm = rps["codexproxy"] / rps["mitmdump"]
+    rows.append(("req/s at 50 concurrent clients: codexproxy / mitmdump with SSE streaming", fmt(tm), ">= 0.8", verdict(tm >= 0.8)))
+    if run.ll:
+        tl = rps["codexproxy"] / rps["litellm"]
+        rows.append(("req/s at 50 concurrent clients: codexproxy / LiteLLM proxy", fmt(tl, 1), ">= 10", verdict(tl >= 10)))
+    else:
+        rows.append(("req/s at 50 concurrent clients: codexproxy / LiteLLM proxy", f"unavailable: {run.ll_reason}", ">= 10", "-"))
+    for name, v in rps.items():
+        details.append(f"throughput {name:10s}: {v:7.1f} req/s (rounds: {', '.join(f'{x:.0f}' for x in rates[name])})")
+
+
+async def section_events(run: Run) -> None:
+    sizes, rows, details, up, cp, mitm = run.sizes, run.rows, run.details, run.up, run.cp, run.mitm
+    log("per-event delay: a stream of 20 text deltas 20 ms apart, stamped at send time")
+    run.drip()
+    chat_body = json.dumps({"model": "gpt-5-codex", "stream": True, "messages": [{"role": "user", "content": "hi"}]}).encode()
+    anth_body = json.dumps({"model": "gpt-5-codex", "stream": True, "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}).encode()
+    resp_body = cp.request()[3]
+    paths = [Target("direct", up.port, up.direct_request),
+             Target("mitmdump", mitm.port, mitm.request),
+             Target("passthrough", cp.port, cp.request),
+             Target("responses (non-Codex client)", cp.port, lambda: ("POST", "/v1/responses", cp.headers(codex=False), resp_body)),
+             Target("chat", cp.port, lambda: ("POST", "/v1/chat/completions", cp.headers(codex=False), chat_body)),
+             Target("anthropic", cp.port, lambda: ("POST", "/v1/messages", {**cp.headers(codex=False), "anthropic-version": "2023-06-01"}, anth_body))]
+    delays, first = await event_delay(paths, sizes)
+    # The failover path: the first account answers 500 (before the first byte), the second streams.
+    up.default(0, "server_error", status=500)
+    fo_delays, fo_first = await event_delay([Target("failover", cp.port, cp.request)], sizes,
+                                            before_each=lambda _: cp.reset_accounts())
+    delays.update(fo_delays)
+    first.update(fo_first)
+    cp.reset_accounts()
+    up.command(reset=True)
+    base = median(delays["direct"]) * 1000
+    for name in ("passthrough", "responses (non-Codex client)", "chat", "anthropic", "failover", "mitmdump"):
+        over = median(delays[name]) * 1000 - base
+        target = "<= 1 ms" if name != "mitmdump" else "-"
+        rows.append((f"per-event delay over direct, median: {name}", f"{over:.3f} ms", target, verdict(over <= 1.0) if name != "mitmdump" else "-"))
+    for name in delays:
+        details.append(f"per-event {name:28s}: median arrival-send {median(delays[name]) * 1000:6.3f} ms  "
+                       f"p99 {percentile(delays[name], 0.99) * 1000:6.3f} ms  first event after {median(first[name]) * 1000:6.2f} ms  "
+                       f"(n={len(delays[name])})")
+    fo_extra = (median(first["failover"]) - median(first["passthrough"])) * 1000
+    rows.append(("failover path: time to first event, added over a first-attempt answer", f"{fo_extra:.2f} ms", "-", "-"))
+    # codexproxy holds a 200 stream's prelude back until its first output event (in-stream
+    # failover); bare mitmdump streams every byte at once: the difference is what holding
+    # (plus codexproxy's own request handling) costs the first event of a healthy stream.
+    hold = (median(first["passthrough"]) - median(first["mitmdump"])) * 1000
+    rows.append(("time to first event, codexproxy over bare mitmdump (prelude held back)", f"{hold:.2f} ms", "<= 1 ms",
+                 verdict(hold <= 1.0)))
+
+
+# --- 8. the WebSocket transport ----------------------------------------------------------------
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of every thread of `pid` so far (schedstat: nanoseconds, not clock ticks)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as fh:
+                total += int(fh.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass  # a thread that ended meanwhile
+    return total / 1e9
+
+
+class CpuPerTurn:
+    """The proxy's CPU per turn, per path: noise from other work on the machine changes how
+    long a turn waits for a core, much less how much CPU it takes."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.turns: dict[str, int] = {}
+
+    def add(self, name: str, seconds: float, turns: int) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+        self.turns[name] = self.turns.get(name, 0) + turns
+
+    def ms(self, name: str) -> float:
+        return 1000 * self.seconds[name] / self.turns[name] if self.turns.get(name) else float("nan")
+
+
+async def ws_event_delay(run: Run) -> tuple[dict[str, list[float]], dict[str, list[float]], CpuPerTurn]:
+    """The stamped drip through codexproxy over WebSocket and over HTTP (and each transport's
+    floor), interleaved rounds: arrival - send time of every stamped delta, time to first
+    event, and the proxy's CPU per turn."""
+    sizes, cp, up = run.sizes, run.cp, run.up
+    names = ["direct", "direct-ws", "http", "websocket"]
+    delays: dict[str, list[float]] = {n: [] for n in names}
+    first: dict[str, list[float]] = {n: [] for n in names}
+    cpu = CpuPerTurn()
+    body = json.loads(cp.request()[3])
+    for r in range(sizes.ws_rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            cpu_before = cpu_seconds(cp.proc.pid)
+            if name in ("websocket", "direct-ws"):
+                sock = await Socket.open(cp.port if name == "websocket" else up.ws_port, cp.key)
+                for _ in range(sizes.ws_turns):
+                    turn = await sock.turn(body)
+                    got = ws_stamps(turn)
+                    if turn.last_type != "response.completed" or len(got) < DRIP_COUNT:
+                        raise RuntimeError(f"{name}: {len(got)} stamped events, last {turn.events[-1][1][:300]!r}")
+                    delays[name] += got
+                    first[name].append(turn.events[0][0] - turn.sent)
+                await sock.close()
+                cpu.add(name, cpu_seconds(cp.proc.pid) - cpu_before, sizes.ws_turns)
+                continue
+            port, make = (up.port, up.direct_request) if name == "direct" else (cp.port, cp.request)
+            conn = await Conn.open("127.0.0.1", port)
+            for _ in range(sizes.ws_turns):
+                resp = await conn.request(*make(), track_events=True)
+                got = stamps(resp)
+                if resp.status != 200 or len(got) < DRIP_COUNT:
+                    raise RuntimeError(f"{name}: {resp.status}, {len(got)} stamped events: {resp.body[:300]!r}")
+                delays[name] += got
+                first[name].append(resp.events[0][0] - resp.sent)
+            await conn.close()
+            cpu.add(name, cpu_seconds(cp.proc.pid) - cpu_before, sizes.ws_turns)
+    return delays, first, cpu
+
+
+async def turn_setup(run: Run, with_tls: bool) -> tuple[dict[str, list[float]], dict[str, list[float]], CpuPerTurn]:
+    """Time to the first event of a small stream, turn after turn on one kept socket (WebSocket)
+    or request after request on one kept-alive connection (HTTP), through codexproxy over the
+    plain fake and (with_tls) over nginx with TLS; interleaved rounds. Also the whole turn."""
+    sizes = run.sizes
+    proxies = [("", run.cp)] + ([("-tls", run.cp_tls)] if with_tls else [])
+    body = json.loads(run.cp.request()[3])
+    names = ["direct", "direct-ws"] + [f"{kind}{suffix}" for suffix, _ in proxies for kind in ("http", "websocket")]
+    first: dict[str, list[float]] = {n: [] for n in names}
+    whole: dict[str, list[float]] = {n: [] for n in names}
+    socks = {f"websocket{suffix}": await Socket.open(cp.port, cp.key) for suffix, cp in proxies}
+    socks["direct-ws"] = await Socket.open(run.up.ws_port, run.cp.key)
+    conns = {"direct": await Conn.open("127.0.0.1", run.up.port)}
+    conns.update({f"http{suffix}": await Conn.open("127.0.0.1", cp.port) for suffix, cp in proxies})
+    makers = {"direct": run.up.direct_request, **{f"http{suffix}": cp.request for suffix, cp in proxies}}
+
+    async def one(name: str, record: bool) -> None:
+        if name in socks:
+            turn = await socks[name].turn(body)
+            if turn.last_type != "response.completed":
+                raise RuntimeError(f"{name}: {turn.events[-1][1][:300]!r}")
+            sent, first_at, done = turn.sent, turn.events[0][0], turn.events[-1][0]
+        else:
+            resp = await conns[name].request(*makers[name](), track_events=True)
+            if not ok_stream(resp) or not resp.events:
+                raise RuntimeError(f"{name}: {resp.status} {resp.body[:200]!r}")
+            sent, first_at, done = resp.sent, resp.events[0][0], resp.done
+        if record:
+            first[name].append(first_at - sent)
+            whole[name].append(done - sent)
+
+    for name in names:  # warm-up: the proxies' upstream connections, caches
+        for _ in range(10):
+            await one(name, record=False)
+    cpu = CpuPerTurn()
+    pids = {f"{kind}{suffix}": cp.proc.pid for suffix, cp in proxies for kind in ("http", "websocket")}
+    for r in range(sizes.latency_rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            cpu_before = cpu_seconds(pids[name]) if name in pids else 0.0
+            for _ in range(sizes.latency_requests):
+                await one(name, record=True)
+            if name in pids:
+                cpu.add(name, cpu_seconds(pids[name]) - cpu_before, sizes.latency_requests)
+    for sock in socks.values():
+        await sock.close()
+    for conn in conns.values():
+        await conn.close()
+    return first, whole, cpu
+
+
+async def upstream_connects(run: Run, count: int = 50) -> tuple[int, int]:
+    """TCP connections the fake accepts for `count` turns on one socket, and for `count` HTTP
+    requests on one connection, through the plain codexproxy: is a turn's upstream request
+    made on a kept-alive connection (no TCP/TLS handshake per turn)?"""
+    body = json.loads(run.cp.request()[3])
+    sock = await Socket.open(run.cp.port, run.cp.key)
+    await sock.turn(body)  # the first may open a connection (the pool's idle ones may have expired)
+    before = run.up.connects()
+    for _ in range(count):
+        await sock.turn(body)
+    ws = run.up.connects() - before
+    await sock.close()
+    conn = await Conn.open("127.0.0.1", run.cp.port)
+    await conn.request(*run.cp.request())
+    before = run.up.connects()
+    for _ in range(count):
+        await conn.request(*run.cp.request())
+    http = run.up.connects() - before
+    await conn.close()
+    return ws, http
+
+
+async def socket_open_times(run: Run, count: int = 30) -> list[float]:
+    """Seconds to open a socket (TCP, upgrade, key check, 101), one after the other."""
+    out = []
+    for _ in range(count):
+        started = time.monotonic()
+        sock = await Socket.open(run.cp.port, run.cp.key)
+        out.append(time.monotonic() - started)
+        await sock.close()
+    return out
+
+
+async def section_websocket(run: Run) -> None:
+    sizes, rows, details, up = run.sizes, run.rows, run.details, run.up
+    log(f"websocket: per-event delay, {sizes.ws_rounds} rounds x {sizes.ws_turns} turns of the stamped drip per path")
+    run.drip()
+    delays, first, cpu = await ws_event_delay(run)
+    up.command(reset=True)
+    d = {n: (median(v) * 1000, percentile(v, 0.99) * 1000) for n, v in delays.items()}
+    e50, e99 = d["websocket"][0] / d["http"][0], d["websocket"][1] / d["http"][1]
+    # what the proxy adds on each transport, over that transport's own floor (the fake over
+    # HTTP; a plain WebSocket server sending the same events): the client libraries' share out
+    ea50 = (d["websocket"][0] - d["direct-ws"][0]) / (d["http"][0] - d["direct"][0])
+    rows.append(("per-event delay on the drip, p50: WebSocket / HTTP, both through codexproxy", fmt(e50), "<= 1.3", verdict(e50 <= 1.3)))
+    rows.append(("per-event delay on the drip, p99: WebSocket / HTTP, both through codexproxy", fmt(e99), "-", "-"))
+    rows.append(("per-event delay added by codexproxy over each transport's floor, p50: WebSocket / HTTP", fmt(ea50), "-", "-"))
+    for name, v in delays.items():
+        floor = "direct-ws" if name in ("websocket", "direct-ws") else "direct"
+        details.append(f"ws per-event {name:9s}: arrival-send p50 {d[name][0]:6.3f} ms  p99 {d[name][1]:6.3f} ms  "
+                       f"over {floor} p50 {d[name][0] - d[floor][0]:6.3f} ms  first event after {median(first[name]) * 1000:6.2f} ms  "
+                       f"later than the next delta's send (> {DRIP_DELAY * 1000:.0f} ms): {sum(x > DRIP_DELAY for x in v)}, "
+                       f"worst {max(v) * 1000:.1f} ms  (n={len(v)})")
+    details.append(f"ws per-event: codexproxy's CPU per drip turn (~30 events): WebSocket {cpu.ms('websocket'):.2f} ms, "
+                   f"HTTP {cpu.ms('http'):.2f} ms ({cpu.ms('websocket') / cpu.ms('http'):.2f}x)")
+
+    with_tls = run.cp_tls is not None
+    log(f"websocket: set-up per turn, {sizes.latency_rounds} rounds x {sizes.latency_requests} turns per path"
+        + (" (plain and TLS upstream)" if with_tls else ""))
+    setup, whole, setup_cpu = await turn_setup(run, with_tls)
+    s = {n: (median(v) * 1000, percentile(v, 0.99) * 1000) for n, v in setup.items()}
+    t50, t99 = s["websocket"][0] / s["http"][0], s["websocket"][1] / s["http"][1]
+    rows.append(("set-up per turn (sent -> first event), p50: WebSocket kept socket / HTTP keep-alive", fmt(t50), "<= 1.3", verdict(t50 <= 1.3)))
+    rows.append(("set-up per turn (sent -> first event), p99: WebSocket kept socket / HTTP keep-alive", fmt(t99), "-", "-"))
+    ta50 = (s["websocket"][0] - s["direct-ws"][0]) / (s["http"][0] - s["direct"][0])
+    rows.append(("set-up per turn added by codexproxy over each transport's floor, p50: WebSocket / HTTP", fmt(ta50), "-", "-"))
+    if with_tls:
+        tt50 = s["websocket-tls"][0] / s["http-tls"][0]
+        rows.append(("set-up per turn p50 over a TLS upstream (nginx): WebSocket / HTTP", fmt(tt50), "<= 1.3", verdict(tt50 <= 1.3)))
+    for name, v in setup.items():
+        details.append(f"ws set-up {name:14s}: first event p50 {s[name][0]:6.2f} ms  p99 {s[name][1]:6.2f} ms  "
+                       f"whole turn p50 {median(whole[name]) * 1000:6.2f} ms  (n={len(v)})"
+                       + (f"  codexproxy CPU per turn {setup_cpu.ms(name):.2f} ms" if name in setup_cpu.turns else ""))
+    ws_connects, http_connects = await upstream_connects(run)
+    details.append(f"upstream TCP connections the fake accepted for 50 more turns on one socket: {ws_connects}; "
+                   f"for 50 HTTP requests on one connection: {http_connects} (0: the proxy's upstream connection is kept alive)")
+    opens = await socket_open_times(run)
+    details.append(f"ws socket open (TCP + upgrade + key check + 101), one after the other: p50 {median(opens) * 1000:.2f} ms  "
+                   f"p99 {percentile(opens, 0.99) * 1000:.2f} ms  (n={len(opens)}; Codex opens one per session)")
+
+
+async def section_memory(run: Run) -> None:
+    sizes, rows, details, up, cp, mitm = run.sizes, run.rows, run.details, run.up, run.cp, run.mitm
+    log("memory: 100 open streams")
+    up.default(0, "drip", delay=0.5, count=30)
+    cp_rss = await rss_open_streams(cp.port, cp.request, cp.proc.pid)
+    mitm_rss = await rss_open_streams(mitm.port, mitm.request, mitm.proc.pid)
+    up.command(reset=True)
+    rows.append(("RSS with 100 open streams: codexproxy", f"{cp_rss:.0f} MB", "<= 120 MB", verdict(cp_rss <= 120)))
+    rows.append(("RSS with 100 open streams: codexproxy / mitmdump", fmt(cp_rss / mitm_rss), "-", "-"))
+    details.append(f"RSS with 100 open streams: codexproxy {cp_rss:.1f} MB, mitmdump {mitm_rss:.1f} MB")
+
+    log(f"memory: growth over {sizes.growth_requests} requests")
+    before, after, done = await rss_growth(cp, up, sizes.growth_requests)
+    growth = 100 * (after - before) / before
+    rows.append((f"RSS growth after {done:,} requests (after a 2,000-request warm-up)", f"{growth:+.1f}%", "<= +5%", verdict(growth <= 5)))
+    details.append(f"RSS growth: {before:.1f} MB -> {after:.1f} MB over {done} requests")
+
+
+async def section_log(run: Run) -> None:
+    sizes, rows, details = run.sizes, run.rows, run.details
+    log(f"request log: write cost at {sizes.log_rows:,} rows vs 1,000; start-up with {sizes.log_rows:,} rows")
+    costs = log_costs(run.workdir, sizes.log_rows)
+    wr = costs["cost_100k_us"] / costs["cost_1k_us"]
+    rows.append(("request-log write cost: at 100k rows / at 1k rows", fmt(wr), "<= 1.2", verdict(wr <= 1.2)))
+    rows.append(("request log with 100k rows: open + count + first page (in-process)", f"{costs['open_100k_s']:.3f} s", "< 1 s",
+                 verdict(costs["open_100k_s"] < 1)))
+    details.append(f"log append: {costs['cost_1k_us']:.1f} us/row at 1k rows, {costs['cost_100k_us']:.1f} us/row at 100k rows")
+    empty_s, full_s = startup_with_rows(run.cp, run.workdir, sizes.log_rows)
+    rows.append(("start-up to first served request with 100k log rows: added over an empty log", f"{full_s - empty_s:+.3f} s", "< 1 s",
+                 verdict(full_s - empty_s < 1)))
+    details.append(f"start-up to first served request: {empty_s:.2f} s with an empty log, {full_s:.2f} s with 100k rows "
+                   f"(most of it is importing Python + mitmproxy)")
+
+
+async def section_converters(run: Run) -> None:
+    log("converter throughput")
+    conv = converter_throughput(run.sizes.converter_cpu_s)
+    base_ev = conv["passthrough (SSE parse only)"]
+    for name, ev in conv.items():
+        run.rows.append((f"converter throughput, events/s per core: {name}", f"{ev:,.0f}", "-", "-"))
+    run.details.append("converter throughput relative to SSE parsing alone: " +
+                       ", ".join(f"{name.split(' ')[0]} {ev / base_ev:.2f}x" for name, ev in conv.items()))
+
+
+SECTION_RUNNERS = {"latency": section_latency, "throughput": section_throughput, "events": section_events,
+                   "websocket": section_websocket, "memory": section_memory, "log": section_log, "converters": section_converters}
+
+
+async def start_litellm(run: Run) -> None:
+    try:
+        log("starting LiteLLM proxy")
+        run.ll = LiteLLM(run.workdir, run.up, log)
+        conn = await Conn.open("127.0.0.1", run.ll.port)
+        resp = await conn.request(*run.ll.request())
+        await conn.close()
+        if not ok_stream(resp):
+            raise RuntimeError(f"answered {resp.status}: {resp.body[:120]!r}")
+    except Exception as exc:
+        run.ll_reason = f"{type(exc).__name__}: {exc}"[:200]
+        log(f"LiteLLM unavailable: {run.ll_reason}")
+        if run.ll is not None:
+            run.ll.stop()
+        run.ll = None
 
 
 async def main_async(args) -> int:
     sizes = QUICK if args.quick else FULL
+    sections = args.only
     workdir = Path(tempfile.mkdtemp(prefix="codexproxy-bench-"))
-    services = []
-    rows: list[tuple[str, str, str, str]] = []  # measure, value, target, verdict
-    details: list[str] = []
-    profile_lines: list[str] = []
+    services: list = []
+    run: Run | None = None
     try:
         log("starting the fake upstream, mitmdump and codexproxy")
         up = Upstream(workdir, accounts=2)
@@ -379,171 +761,33 @@ async def main_async(args) -> int:
         services.append(mitm)
         cp = CodexProxy(workdir, up)
         services.append(cp)
-        log("starting nginx with TLS in front of the fake, and mitmdump and codexproxy over it")
-        front = NginxFront(up.port).start()
-        services.append(front)
-        mitm_tls = Mitmdump(workdir, up, front=front)
-        services.append(mitm_tls)
-        cp_tls = CodexProxy(workdir, up, front=front)
-        services.append(cp_tls)
-        ll = None
-        ll_reason = "skipped (--no-litellm)"
-        if not args.no_litellm:
-            try:
-                log("starting LiteLLM proxy")
-                ll = LiteLLM(workdir, up, log)
-                services.append(ll)
-                conn = await Conn.open("127.0.0.1", ll.port)
-                resp = await conn.request(*ll.request())
-                await conn.close()
-                if not ok_stream(resp):
-                    raise RuntimeError(f"answered {resp.status}: {resp.body[:120]!r}")
-            except Exception as exc:
-                ll_reason = f"{type(exc).__name__}: {exc}"[:200]
-                log(f"LiteLLM unavailable: {ll_reason}")
-                if ll is not None:
-                    ll.stop()
-                ll = None
-
-        direct = Target("direct", up.port, up.direct_request)
-        t_mitm = Target("mitmdump", mitm.port, mitm.request)
-        t_cp = Target("codexproxy", cp.port, cp.request)
-        targets = [direct, t_mitm, t_cp] + ([Target("litellm", ll.port, ll.request)] if ll else [])
-        tls_targets = [Target("direct-tls", front.port, up.direct_request, tls=front.ssl_context()),
-                       Target("mitmdump-tls", mitm_tls.port, mitm_tls.request),
-                       Target("codexproxy-tls", cp_tls.port, cp_tls.request)]
-
-        # 1. latency (the TLS targets take part in the same interleaved rounds)
-        log(f"latency: {sizes.latency_rounds} rounds x {sizes.latency_requests} sequential requests per target")
-        lat = await latency(targets + tls_targets, sizes)
-        p = {name: (median(v) * 1000, percentile(v, 0.99) * 1000) for name, v in lat.items()}
-        # each path's added latency is over its own direct path (the TLS ones: over nginx itself)
-        added = {name: (p[name][0] - p[base][0], p[name][1] - p[base][1])
-                 for name in p for base in ["direct-tls" if name.endswith("-tls") else "direct"]}
-        r50 = added["codexproxy"][0] / added["mitmdump"][0] if added["mitmdump"][0] > 0 else float("nan")
-        r99 = added["codexproxy"][1] / added["mitmdump"][1] if added["mitmdump"][1] > 0 else float("nan")
-        rt50 = added["codexproxy-tls"][0] / added["mitmdump-tls"][0] if added["mitmdump-tls"][0] > 0 else float("nan")
-        rows.append(("added latency per small streamed request, p50: codexproxy / bare mitmdump", fmt(r50), "<= 1.3", verdict(r50 <= 1.3)))
-        rows.append(("added latency per small streamed request, p99: codexproxy / bare mitmdump", fmt(r99), "<= 1.3", verdict(r99 <= 1.3)))
-        # TLS to the upstream must not cost codexproxy more, relatively, than it costs mitmdump:
-        # the ratio may not exceed the plain line's (10% allowed for noise between two ratios).
-        rows.append(("added latency p50 over a TLS upstream (nginx): codexproxy / bare mitmdump", fmt(rt50),
-                     f"<= plain x 1.1 ({r50 * 1.1:.2f})", verdict(rt50 <= r50 * 1.1)))
-        if ll:
-            rows.append(("added latency p50: LiteLLM / codexproxy (how many times more LiteLLM adds)",
-                         fmt(added["litellm"][0] / added["codexproxy"][0]), "-", "-"))
-        for name in p:
-            details.append(f"latency {name:14s}: p50 {p[name][0]:7.2f} ms  p99 {p[name][1]:7.2f} ms  "
-                           f"added over direct p50 {added[name][0]:6.2f} ms  p99 {added[name][1]:6.2f} ms  (n={len(lat[name])})")
-
-        if args.latency_only:
-            raise LatencyOnly
-
-        # 2. throughput
-        log(f"throughput: 50 clients, {sizes.tput_rounds} rounds x {sizes.tput_seconds:g}s per target")
-        rates = await throughput(targets, sizes)
-        rps = {name: median(v) for name, v in rates.items()}
-        tm = rps["codexproxy"] / rps["mitmdump"]
-        rows.append(("req/s at 50 concurrent clients: codexproxy / mitmdump with SSE streaming", fmt(tm), ">= 0.8", verdict(tm >= 0.8)))
-        if ll:
-            tl = rps["codexproxy"] / rps["litellm"]
-            rows.append(("req/s at 50 concurrent clients: codexproxy / LiteLLM proxy", fmt(tl, 1), ">= 10", verdict(tl >= 10)))
-        else:
-            rows.append(("req/s at 50 concurrent clients: codexproxy / LiteLLM proxy", f"unavailable: {ll_reason}", ">= 10", "-"))
-        for name, v in rps.items():
-            details.append(f"throughput {name:10s}: {v:7.1f} req/s (rounds: {', '.join(f'{x:.0f}' for x in rates[name])})")
-
-        # 3. per-event delay on a slow stream
-        log("per-event delay: a stream of 20 text deltas 20 ms apart, stamped at send time")
-        up.default(0, "drip", delay=DRIP_DELAY, count=DRIP_COUNT, text=stamped_text(DRIP_COUNT))
-        up.default(1, "drip", delay=DRIP_DELAY, count=DRIP_COUNT, text=stamped_text(DRIP_COUNT))
-        chat_body = json.dumps({"model": "gpt-5-codex", "stream": True, "messages": [{"role": "user", "content": "hi"}]}).encode()
-        anth_body = json.dumps({"model": "gpt-5-codex", "stream": True, "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}).encode()
-        resp_body = cp.request()[3]
-        paths = [Target("direct", up.port, up.direct_request),
-                 Target("mitmdump", mitm.port, mitm.request),
-                 Target("passthrough", cp.port, cp.request),
-                 Target("responses (non-Codex client)", cp.port, lambda: ("POST", "/v1/responses", cp.headers(codex=False), resp_body)),
-                 Target("chat", cp.port, lambda: ("POST", "/v1/chat/completions", cp.headers(codex=False), chat_body)),
-                 Target("anthropic", cp.port, lambda: ("POST", "/v1/messages", {**cp.headers(codex=False), "anthropic-version": "2023-06-01"}, anth_body))]
-        delays, first = await event_delay(paths, sizes)
-        # The failover path: the first account answers 500 (before the first byte), the second streams.
-        up.default(0, "server_error", status=500)
-        fo_delays, fo_first = await event_delay([Target("failover", cp.port, cp.request)], sizes,
-                                                before_each=lambda _: cp.reset_accounts())
-        delays.update(fo_delays)
-        first.update(fo_first)
-        cp.reset_accounts()
-        up.command(reset=True)
-        base = median(delays["direct"]) * 1000
-        for name in ("passthrough", "responses (non-Codex client)", "chat", "anthropic", "failover", "mitmdump"):
-            over = median(delays[name]) * 1000 - base
-            target = "<= 1 ms" if name != "mitmdump" else "-"
-            rows.append((f"per-event delay over direct, median: {name}", f"{over:.3f} ms", target, verdict(over <= 1.0) if name != "mitmdump" else "-"))
-        for name in delays:
-            details.append(f"per-event {name:28s}: median arrival-send {median(delays[name]) * 1000:6.3f} ms  "
-                           f"p99 {percentile(delays[name], 0.99) * 1000:6.3f} ms  first event after {median(first[name]) * 1000:6.2f} ms  "
-                           f"(n={len(delays[name])})")
-        fo_extra = (median(first["failover"]) - median(first["passthrough"])) * 1000
-        rows.append(("failover path: time to first event, added over a first-attempt answer", f"{fo_extra:.2f} ms", "-", "-"))
-        # codexproxy holds a 200 stream's prelude back until its first output event (in-stream
-        # failover); bare mitmdump streams every byte at once: the difference is what holding
-        # (plus codexproxy's own request handling) costs the first event of a healthy stream.
-        hold = (median(first["passthrough"]) - median(first["mitmdump"])) * 1000
-        rows.append(("time to first event, codexproxy over bare mitmdump (prelude held back)", f"{hold:.2f} ms", "<= 1 ms",
-                     verdict(hold <= 1.0)))
-
-        # 4. memory with 100 open streams
-        log("memory: 100 open streams")
-        up.default(0, "drip", delay=0.5, count=30)
-        cp_rss = await rss_open_streams(cp.port, cp.request, cp.proc.pid)
-        mitm_rss = await rss_open_streams(mitm.port, mitm.request, mitm.proc.pid)
-        up.command(reset=True)
-        rows.append(("RSS with 100 open streams: codexproxy", f"{cp_rss:.0f} MB", "<= 120 MB", verdict(cp_rss <= 120)))
-        rows.append(("RSS with 100 open streams: codexproxy / mitmdump", fmt(cp_rss / mitm_rss), "-", "-"))
-        details.append(f"RSS with 100 open streams: codexproxy {cp_rss:.1f} MB, mitmdump {mitm_rss:.1f} MB")
-
-        # 5. memory growth
-        log(f"memory: growth over {sizes.growth_requests} requests")
-        before, after, done = await rss_growth(cp, up, sizes.growth_requests)
-        growth = 100 * (after - before) / before
-        rows.append((f"RSS growth after {done:,} requests (after a 2,000-request warm-up)", f"{growth:+.1f}%", "<= +5%", verdict(growth <= 5)))
-        details.append(f"RSS growth: {before:.1f} MB -> {after:.1f} MB over {done} requests")
-
-        # 6. request log
-        log(f"request log: write cost at {sizes.log_rows:,} rows vs 1,000; start-up with {sizes.log_rows:,} rows")
-        costs = log_costs(workdir, sizes.log_rows)
-        wr = costs["cost_100k_us"] / costs["cost_1k_us"]
-        rows.append(("request-log write cost: at 100k rows / at 1k rows", fmt(wr), "<= 1.2", verdict(wr <= 1.2)))
-        rows.append(("request log with 100k rows: open + count + first page (in-process)", f"{costs['open_100k_s']:.3f} s", "< 1 s",
-                     verdict(costs["open_100k_s"] < 1)))
-        details.append(f"log append: {costs['cost_1k_us']:.1f} us/row at 1k rows, {costs['cost_100k_us']:.1f} us/row at 100k rows")
-        empty_s, full_s = startup_with_rows(cp, workdir, sizes.log_rows)
-        rows.append(("start-up to first served request with 100k log rows: added over an empty log", f"{full_s - empty_s:+.3f} s", "< 1 s",
-                     verdict(full_s - empty_s < 1)))
-        details.append(f"start-up to first served request: {empty_s:.2f} s with an empty log, {full_s:.2f} s with 100k rows "
-                       f"(most of it is importing Python + mitmproxy)")
-
-        # 7. converters
-        log("converter throughput")
-        conv = converter_throughput(sizes.converter_cpu_s)
-        base_ev = conv["passthrough (SSE parse only)"]
-        for name, ev in conv.items():
-            rows.append((f"converter throughput, events/s per core: {name}", f"{ev:,.0f}", "-", "-"))
-        details.append("converter throughput relative to SSE parsing alone: " +
-                       ", ".join(f"{name.split(' ')[0]} {ev / base_ev:.2f}x" for name, ev in conv.items()))
-
+        run = Run(args, sizes, workdir, up, mitm, cp)
+        if {"latency", "websocket"} & set(sections):
+            log("starting nginx with TLS in front of the fake, and mitmdump and codexproxy over it")
+            run.front = NginxFront(up.port).start()
+            services.append(run.front)
+            run.mitm_tls = Mitmdump(workdir, up, front=run.front)
+            services.append(run.mitm_tls)
+            run.cp_tls = CodexProxy(workdir, up, front=run.front)
+            services.append(run.cp_tls)
+        if not args.no_litellm and {"latency", "throughput"} & set(sections):
+            await start_litellm(run)
+            if run.ll is not None:
+                services.append(run.ll)
+        for name in SECTIONS:
+            if name in sections:
+                await SECTION_RUNNERS[name](run)
         if args.profile:
             log("profile: py-spy over codexproxy at 50 concurrent clients")
-            profile_lines = await profile_codexproxy(cp, workdir)
-    except LatencyOnly:
-        pass
+            run.profile_lines = await profile_codexproxy(cp, workdir)
     finally:
         for s in reversed(services):
             s.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
-    print(f"\ncodexproxy benchmark ({'quick' if args.quick else 'full'} run; {os.cpu_count()} cores; "
+    rows, details = run.rows, run.details
+    scope = "" if set(sections) == set(SECTIONS) else f"; only {', '.join(n for n in SECTIONS if n in sections)}"
+    print(f"\ncodexproxy benchmark ({'quick' if args.quick else 'full'} run{scope}; {os.cpu_count()} cores; "
           f"{time.strftime('%Y-%m-%d %H:%M')})\n")
     width = max(len(r[0]) for r in rows)
     print(f"| {'measure'.ljust(width)} | value | target | |")
@@ -553,12 +797,20 @@ async def main_async(args) -> int:
     print("\ndetails (absolute numbers, for orientation only):")
     for line in details:
         print("  " + line)
-    if profile_lines:
+    if run.profile_lines:
         print("\nprofile (py-spy, codexproxy at 50 concurrent clients):")
-        for line in profile_lines:
+        for line in run.profile_lines:
             print("  " + line)
     misses = [r for r in rows if r[3] == "MISS"]
     return 1 if misses and args.strict else 0
+
+
+def parse_sections(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown section {', '.join(unknown) or text!r}; choose from {', '.join(SECTIONS)}")
+    return names
 
 
 def main() -> int:
@@ -567,8 +819,12 @@ def main() -> int:
     ap.add_argument("--profile", action="store_true", help="also profile codexproxy under load with py-spy")
     ap.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM baseline")
     ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
-    ap.add_argument("--latency-only", action="store_true", help="only the added-latency lines (plain and TLS upstream)")
+    ap.add_argument("--only", type=parse_sections, default=list(SECTIONS), metavar="SECTION[,SECTION]",
+                    help=f"run only these sections ({', '.join(SECTIONS)})")
+    ap.add_argument("--latency-only", action="store_true", help="only the added-latency lines (plain and TLS upstream): --only latency")
     args = ap.parse_args()
+    if args.latency_only:
+        args.only = ["latency"]
     try:
         return asyncio.run(main_async(args))
     except KeyboardInterrupt:

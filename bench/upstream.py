@@ -1,12 +1,14 @@
 """The fake upstream (tests/fakeupstream.py) in its own process, for the benchmarks.
 
     python bench/upstream.py --accounts 2 --auth-dir DIR
-    -> prints one JSON line: {"url", "codex_base", "accounts": [{"account_id", "access_token", "auth_json"}]}
+    -> prints one JSON line: {"url", "codex_base", "ws_url", "accounts": [{"account_id", "access_token", "auth_json"}]}
     <- then reads JSON commands on stdin, one per line, and answers "ok" (or "error ...") per line:
        {"default": ACCOUNT_ID, "behaviour": "drip", "params": {...}}    set_default
        {"script": ACCOUNT_ID, "behaviour": "server_error", "params": {...}}   script once
        {"reset": true}                   forget scripts and defaults (and recorded requests)
        {"forget": true}                  drop the recorded requests only (long runs)
+       {"connects": true}                answers "ok N": TCP connections accepted so far (is a
+                                         proxy's upstream connection kept alive across requests?)
 
 The listen backlog is raised to 1024 (socketserver's 5 drops connections under 50 clients).
 
@@ -14,13 +16,21 @@ Send-time stamps: a text delta holding the placeholder PLACEHOLDER leaves with t
 replaced by `@T<time.monotonic()>@` at the moment the event is written to the socket. Text
 deltas survive every converter (chat, anthropic), so a client can measure each event's
 arrival - send on one clock, through any path.
+
+`ws_url`: the floor of the WebSocket lines, as `url` is of the HTTP ones. A WebSocket server
+(the `websockets` library, a thread per socket like the fake's) that answers each
+`response.create` message with the first account's current default behaviour, the same events
+with the same pauses as the fake streams over HTTP, one JSON text message per event, stamped at
+send time. No proxy, no pool: what the transport itself costs a client.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import socket
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -57,6 +67,43 @@ def _install_backlog() -> None:
     fakeupstream._Server.request_queue_size = 1024
 
 
+def _install_connect_count(fake: FakeUpstream) -> list[int]:
+    count = [0]
+    original = fake._on_connect
+
+    def on_connect(handler):
+        count[0] += 1
+        return original(handler)
+
+    fake._on_connect = on_connect
+    return count
+
+
+def _start_ws_floor(fake: FakeUpstream, account_id: str) -> str:
+    from websockets.sync.server import serve
+
+    def handler(ws) -> None:
+        ws.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as the fake: no Nagle pauses
+        for message in ws:
+            body = json.loads(message)
+            behaviour = fake.default_behaviour(account_id)
+            params = behaviour.params
+            events = fake._events(behaviour.kind, params, body, None)
+            for i, (name, data) in enumerate(events):  # the pauses of FakeUpstream._run
+                wait = (params.get("delay") if i else 0) or 0
+                wait += params.get("delta_delay", 0) if name.endswith("_text.delta") else 0
+                if wait:
+                    time.sleep(wait)
+                text = json.dumps(data).encode()
+                if PLACEHOLDER in text:
+                    text = text.replace(PLACEHOLDER, b"@T%017.6f@" % time.monotonic())
+                ws.send(text.decode())
+
+    server = serve(handler, "127.0.0.1", 0, compression=None, max_size=None)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"ws://127.0.0.1:{server.socket.getsockname()[1]}"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--accounts", type=int, default=2)
@@ -65,6 +112,7 @@ def main() -> int:
     _install_stamps()
     _install_backlog()
     fake = FakeUpstream().start()
+    connects = _install_connect_count(fake)
     accounts = []
     for i in range(args.accounts):
         acct = fake.add_account(email=f"bench{i + 1}@example.com")
@@ -72,10 +120,14 @@ def main() -> int:
         folder.mkdir(parents=True, exist_ok=True)
         accounts.append({"account_id": acct.account_id, "access_token": acct.access_token,
                          "auth_json": fake.write_auth_json(acct, str(folder))})
-    print(json.dumps({"url": fake.url, "codex_base": fake.codex_base, "accounts": accounts}), flush=True)
+    ws_url = _start_ws_floor(fake, accounts[0]["account_id"])
+    print(json.dumps({"url": fake.url, "codex_base": fake.codex_base, "ws_url": ws_url, "accounts": accounts}), flush=True)
     for line in sys.stdin:
         try:
             cmd = json.loads(line)
+            if cmd.get("connects"):
+                print(f"ok {connects[0]}", flush=True)
+                continue
             if cmd.get("reset"):
                 fake.reset()
             elif cmd.get("forget"):
