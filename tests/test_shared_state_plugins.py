@@ -220,3 +220,31 @@ def test_old_usage_snapshots_move_into_the_store_once(make_app):
     assert [s["time"] for s in usage.snapshots(other, "acc_1")] == [1004.0, 1005.0, 2000.0]
     usage.forget(other, "acc_1")
     assert usage.snapshots(app, "acc_1") == []
+
+
+# --- over HTTP: two proxy processes on one Redis ----------------------------------------------------
+
+def test_a_login_link_opened_by_one_proxy_works_once_through_either_over_http(make_proxy, redis_url, tmp_path):
+    import stat
+
+    import httpx
+
+    from tests.conftest import wait_for
+
+    seen = tmp_path / "opened.txt"
+    opener = tmp_path / "browser.sh"
+    opener.write_text(f"#!/bin/sh\necho \"$1\" >> {seen}\n")
+    opener.chmod(opener.stat().st_mode | stat.S_IEXEC)
+    shared = {"state": {"backend": "redis", "redis_url": redis_url}}
+    a = make_proxy(shared, accounts=0, key=False, start=False, env={"BROWSER": f"{opener} %s"}, name="a")
+    a.start("--open")
+    b = make_proxy(shared, accounts=0, key=False, name="b")
+    otp = wait_for(lambda: seen.exists() and seen.read_text().strip(), 15, "the browser to be opened").split("otp=")[1]
+    with httpx.Client(base_url=b.url, timeout=30, follow_redirects=False) as browser:
+        r = browser.get("/status/login", params={"otp": otp}, headers={"accept": "text/html"})
+        assert r.status_code == 303 and r.headers["location"] == "/status"
+        session = r.headers["set-cookie"].split(";")[0]
+    again = httpx.get(a.url + "/status/login", params={"otp": otp}, headers={"accept": "text/html"}, timeout=30)
+    assert again.status_code == 401 and "already used" in again.text  # used once, on the proxy that made it too
+    page = httpx.get(a.url + "/status", headers={"accept": "text/html", "cookie": session}, timeout=30)
+    assert page.status_code == 200  # the session made through b is known to a
