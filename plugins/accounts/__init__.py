@@ -1,10 +1,10 @@
 """accounts: the account pool's lifecycle — OAuth login, import/export, token refresh, usage.
 
 - oauth.py     the issuer's endpoints (PKCE authorize URL, code exchange, refresh, device code)
-- logins.py    pending logins in the store (single-use, expiring) and their completion
+- logins.py    pending logins in app.state (single-use, expiring) and their completion
 - callback.py  the loopback listener the browser is redirected to
-- tokens.py    refreshing one account at a time, across threads and processes
-- usage.py     usage from response headers and from polling /wham/usage; snapshots
+- tokens.py    refreshing one account at a time, across threads, processes and proxies
+- usage.py     usage from response headers and from polling /wham/usage; snapshots (app.state)
 - pool.py      the pool's view: GET /backend-api/wham/usage, `codexproxy usage`
 - manage.py    update/remove/export/refresh, shared by cli.py and rpc.py
 """
