@@ -133,7 +133,11 @@ def unit_exec_start(text: str) -> list[str] | None:
     (close enough for display: quotes and backslashes; specifiers shown undoubled)."""
     for line in text.splitlines():
         if line.startswith("ExecStart="):
-            return [w.replace("%%", "%").replace("$$", "$") for w in shlex.split(line[len("ExecStart="):])]
+            try:
+                words = shlex.split(line[len("ExecStart="):])
+            except ValueError:  # a hand-edited line with an open quote: status says it cannot read it
+                return None
+            return [w.replace("%%", "%").replace("$$", "$") for w in words]
     return None
 
 

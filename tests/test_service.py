@@ -331,3 +331,10 @@ def test_a_missing_config_file_is_one_line_and_exit_2(user):
     (user.cwd / "config.yaml").unlink()
     line = one_line_error(user.run("install"))
     assert "config.yaml" in line and "not found" in line
+
+
+def test_status_of_a_hand_edited_unit_it_cannot_read_says_so(user):
+    user.unit.parent.mkdir(parents=True)
+    user.unit.write_text(f"# {MARKER}\n[Service]\nExecStart=/usr/bin/codexproxy run -c \"/open quote\n")
+    status = user.run("status")
+    assert status.returncode == 0 and "(cannot read the command)" in status.stdout and "Traceback" not in status.stderr
