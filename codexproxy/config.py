@@ -44,6 +44,9 @@ class ServerConfig(Section):
     # Host header values accepted besides the loopback names (127.0.0.1, localhost, [::1]):
     # a web page that rebinds its own DNS name to 127.0.0.1 sends its name, and is refused (421).
     allowed_hosts: list[str] = Field(default_factory=list)
+    # Worker processes sharing the port, each a full proxy (codexproxy/workers.py); more than one
+    # needs a state they all see (state.backend: redis, checked in load_config).
+    workers: int = Field(1, ge=1, le=64)
 
     @field_validator("host")
     @classmethod
@@ -309,6 +312,11 @@ def load_config(path: str | os.PathLike | None, environ: dict[str, str] | None =
     for key in [k for k, v in raw.items() if v is None]:
         del raw[key]
     config = validate_section(Config, raw, "")
+    if config.server.workers > 1 and config.state.backend != "redis":
+        # The embedded state keeps part of itself in each process's memory (state.py's LocalState):
+        # workers on it would not share one pool's cooldowns, limits and leases.
+        raise ConfigError(f"config error: server.workers: {config.server.workers} worker processes need a shared state "
+                          f"(state.backend: redis); state.backend is {config.state.backend}, which serves one process")
     config.source = source
     return config
 

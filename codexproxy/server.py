@@ -21,7 +21,7 @@ from mitmproxy import options
 from mitmproxy.addons import core, next_layer, proxyserver, tlsconfig
 from mitmproxy.master import Master
 
-from . import failover, http1_server, wsadapter
+from . import failover, http1_server, workers, wsadapter
 from .proxy import Gateway
 from .wsadapter import WebSocketGateway
 
@@ -102,8 +102,11 @@ def _quiet_cancelled_connections(loop: asyncio.AbstractEventLoop) -> None:
 
 
 class ProxyServer:
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, listeners: list[socket.socket] | None = None) -> None:
         self.app = app
+        # A worker of `server.workers` (workers.py) serves the sockets its supervisor bound and
+        # leaves run.json to it; None: this process binds server.host:port itself.
+        self.listeners = listeners
         self.master: Master | None = None
         self.gateway = Gateway(app)
         self.sockets = WebSocketGateway(app, self.gateway.pipeline)  # the same pipeline, another transport
@@ -124,6 +127,8 @@ class ProxyServer:
             confdir=str(self.app.data_dir / "mitmproxy"),
         )
         self.master = Master(opts, event_loop=asyncio.get_running_loop())
+        if self.listeners is not None:
+            workers.listen_on(self.listeners)
         self.proxyserver = proxyserver.Proxyserver()
         self.sockets.proxyserver = self.proxyserver
         self.master.addons.add(core.Core(), self.proxyserver, next_layer.NextLayer(), tlsconfig.TlsConfig(),
@@ -173,6 +178,8 @@ class ProxyServer:
 
     def _write_run_file(self, base: str) -> None:
         """`<data dir>/run.json` tells CLI invocations where the running proxy is."""
+        if self.listeners is not None:
+            return  # the supervisor's run.json names the proxy
         path = self.app.data_dir / "run.json"
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"pid": os.getpid(), "url": base, "started_at": time.time()}))
@@ -217,10 +224,17 @@ class ProxyServer:
 
 
 async def serve(app: Any, on_ready: Callable[[str], None] | None = None) -> None:
-    """Run until SIGINT/SIGTERM."""
-    server = ProxyServer(app)
+    """Run until SIGINT/SIGTERM: this process, or with server.workers > 1 a supervisor of that
+    many worker processes (workers.py), each of which comes back here as a worker."""
+    seat = workers.this_worker()
+    if seat is None and app.config.server.workers > 1:
+        await workers.supervise(app, on_ready)
+        return
+    server = ProxyServer(app, listeners=seat.sockets if seat else None)
     base = await server.start()
-    if on_ready:
+    if seat:
+        seat.ready()  # the supervisor says "listening on" once every worker serves
+    elif on_ready:
         on_ready(base)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
