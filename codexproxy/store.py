@@ -1,4 +1,5 @@
-"""The TinyDB store: accounts, keys and small state, shared by the proxy and the CLI.
+"""The TinyDB store: the file behind the embedded state's collections (accounts, keys, and the
+plugins' documents, see state.py), shared by the proxy and the CLI.
 
 - Atomic: every write is temp file + fsync + rename + fsync of the directory, so `kill -9`
   leaves the old or the new file, never half of one; the temp files a killed writer leaves
@@ -6,6 +7,8 @@
 - Shared between processes: every read-modify-write holds an exclusive `flock` on a lock file
   beside the store and starts from the file as it is on disk (re-read when its stat changed),
   so the CLI and a running proxy never lose each other's writes.
+- Reads never wait for a writer's fsync (hooks on the event loop read accounts and keys): they
+  answer from the last snapshot, and see the write once it is complete.
 - Request logs do not live here (TinyDB rewrites the whole file per write): see logstore.py.
 """
 
@@ -117,7 +120,8 @@ class AtomicJSONStorage(Storage):
         event loop never waits behind an fsync."""
         if self._stat() == self._stamp and self._cache is not None:
             return self.generation
-        if not self._lock.acquire(blocking=False):
+        # Only the first load waits: until then there is no snapshot to answer from.
+        if not self._lock.acquire(blocking=self._cache is None):
             return self.generation
         try:
             self._sync()
@@ -252,23 +256,6 @@ class Store:
     def generation(self) -> int:
         """Changes whenever the file may have changed; never waits for a writer."""
         return self.storage.peek_generation()
-
-    # --- small key/value state (generated admin token, model cache, pending logins...) ---
-    def get_state(self, key: str, default: Any = None) -> Any:
-        docs = self.table("state").search(lambda d: d.get("key") == key)
-        return docs[0]["value"] if docs else default
-
-    def set_state(self, key: str, value: Any) -> None:
-        with self.transaction():
-            table = self.table("state")
-            table.remove(lambda d: d.get("key") == key)
-            table.insert({"key": key, "value": value})
-
-    def pop_state(self, key: str, default: Any = None) -> Any:
-        with self.transaction():
-            value = self.get_state(key, default)
-            self.table("state").remove(lambda d: d.get("key") == key)
-            return value
 
 
 class NamedLock:

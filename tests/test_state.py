@@ -378,6 +378,34 @@ def test_local_repository_over_a_collection_keeps_its_api(tmp_path: Path):
     assert repo.remove(account.id) and repo.all() == []
 
 
+def test_local_reads_do_not_wait_behind_a_write_in_progress(tmp_path: Path):
+    """Hooks on the event loop read accounts and keys: while a writer holds the store across its
+    fsync they get the last snapshot at once, and the new content once the write is over."""
+    store = Store(tmp_path / "store.json")
+    repo = AccountRepo(store)
+    repo.add(Account(email="first@example.com", access_token="t"))
+    assert len(repo.all()) == 1
+    AccountRepo(Store(tmp_path / "store.json")).add(Account(email="second@example.com", access_token="t"))  # the CLI
+    holding, finish = threading.Event(), threading.Event()
+
+    def writer_in_fsync() -> None:
+        with store.storage._lock:
+            holding.set()
+            finish.wait(10)
+
+    writer = threading.Thread(target=writer_in_fsync)
+    writer.start()
+    try:
+        assert holding.wait(10)
+        started = time.monotonic()
+        assert [a.email for a in repo.all()] == ["first@example.com"]
+        assert time.monotonic() - started < 0.5
+    finally:
+        finish.set()
+        writer.join(10)
+    assert sorted(a.email for a in repo.all()) == ["first@example.com", "second@example.com"]
+
+
 def test_local_lock_excludes_another_process(tmp_path: Path):
     """The CLI (`jobs run`) and the proxy share the store: a lock one holds, the other cannot take."""
     store_path = tmp_path / "store.json"
