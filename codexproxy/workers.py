@@ -38,7 +38,11 @@ from typing import Any, Callable
 log = logging.getLogger("codexproxy.workers")
 
 WORKER_ENV = "CODEXPROXY_WORKER"  # no "__": never read as a config override (config._apply_env)
-RESTARTS_ALLOWED = 5  # a worker that dies more often than this within RESTART_WINDOW_S stops the proxy
+# A worker that dies more often than this within RESTART_WINDOW_S stops the whole proxy (exit 1):
+# its socket still gets its share of new connections, which no one would serve, and something
+# that kills every new worker (a broken config file, a full disk) is for a person or a service
+# manager to see, not for a loop to hide.
+RESTARTS_ALLOWED = 5
 RESTART_WINDOW_S = 60.0
 RESTART_DELAY_S = 0.5  # between a death and the new worker: no hot loop when a start fails at once
 POLL_S = 0.1

@@ -1,6 +1,7 @@
 """`server.workers: 2` on Redis, run as a user runs it (`codexproxy run`): one port served by two
 worker processes, each a full proxy; a worker killed with -9 is replaced and service goes on;
-SIGTERM to the supervisor stops them all cleanly; without a shared state it is refused.
+SIGTERM or SIGINT to the supervisor stops them all cleanly, and one that keeps dying stops the
+proxy; without a shared state, or on a port already served, `codexproxy run` is refused in one line.
 
 Which worker served a connection is read from the operating system, not from the proxy: the
 worker whose file descriptors hold the server end of that TCP connection (/proc, Linux)."""
@@ -103,6 +104,8 @@ def test_two_workers_serve_one_port_each_a_full_proxy_and_stop_together_on_sigte
     # all landing on one of two workers would happen once in 2**15 runs.
     assert serve_many(proxy, workers) == set(workers)
     assert len(proxy.cli_json("accounts", "list")) == 1
+    rows = proxy.cli_json("logs", "--limit", "100")  # both workers append to the one data dir's log
+    assert len(rows) == 16 and all(row["status"] == 200 for row in rows), rows
     assert proxy.stop(signal.SIGTERM) == 0
     assert not any(alive(pid) for pid in workers)
     assert not (proxy.data_dir / "run.json").exists()
@@ -119,7 +122,22 @@ def test_a_worker_killed_with_sigkill_is_replaced_and_service_continues(make_pro
     assert run_info(proxy)["workers"] == [replacement, survivor] and parent_of(replacement) == proxy.pid
     assert any("worker 1" in line and "killed by SIGKILL" in line and "starting a new one" in line for line in proxy.output)
     assert serve_many(proxy, [replacement, survivor]) == {replacement, survivor}
-    assert proxy.process.poll() is None
+    assert proxy.stop(signal.SIGINT) == 0  # Ctrl-C: only the supervisor gets it (workers have their own group)
+    assert not any(alive(pid) for pid in (replacement, survivor))
+
+
+def test_a_worker_that_keeps_dying_stops_the_proxy_after_five_restarts(make_proxy, fake, redis_url):
+    proxy = make_proxy(two_workers(redis_url), accounts=0, key=False)
+    workers = run_info(proxy)["workers"]
+    proxy.config_path.write_text("server: [not a mapping\n")  # every new worker now stops at once
+    os.kill(workers[0], signal.SIGKILL)
+    proxy.process.wait(90)
+    assert proxy.stop() == 1  # (reads the rest of the output)
+    assert [line for line in proxy.output if "stopping the proxy" in line][0].endswith(
+        "stopped (exit code 2), 6 times within 60 s: stopping the proxy")
+    assert sum("starting a new one" in line for line in proxy.output) == 5
+    assert not any(alive(pid) for pid in workers)
+    assert not (proxy.data_dir / "run.json").exists()
 
 
 def test_a_port_another_supervisor_serves_is_refused_in_one_line(make_proxy, redis_url):
