@@ -32,6 +32,13 @@ def is_codex_client(headers: dict[str, str]) -> bool:
     return "codex" in origin.lower()
 
 
+@hookimpl
+def codexproxy_cli_commands(cli):
+    from . import statecli  # imports the CLI module, which imports app: loaded when the CLI asks
+
+    statecli.register(cli)
+
+
 @hookimpl(trylast=True)
 def codexproxy_route(app, exchange):
     if exchange.path == "/" and exchange.method in ("GET", "HEAD"):

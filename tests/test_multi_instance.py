@@ -3,7 +3,7 @@ them: accounts and keys created through one are the other's, an account cooled b
 skipped by the other, a key's rpm limit counts the requests of both, a conversation bound on one
 continues on its account through the other, an instance killed mid-stream
 holds its account only until its lease runs out, and while Redis is down both answer 503 and
-serve again once it is back."""
+serve again once it is back. `codexproxy state migrate` moves a TinyDB pool to Redis and back."""
 
 from __future__ import annotations
 
@@ -148,3 +148,41 @@ def test_a_conversation_bound_on_one_proxy_continues_on_its_account_through_the_
     for _ in range(3):
         assert httpx.post(b.url + "/v1/responses", json=RESPONSES_BODY, headers=turn, timeout=30).status_code == 200
     assert [r.account_id for r in fake.requests[served + 1:]] == [second.account_id] * 3
+
+
+def test_state_migrate_copies_a_tinydb_pool_to_redis_and_back(make_proxy, fake, redis_url, tmp_path):
+    local = make_proxy(accounts=2, start=False, name="local")
+    local.cli("keys", "create", "second", check=True)
+    moved = local.cli("state", "migrate", "--to", redis_url, check=True).stdout
+    assert "accounts    2       yes" in moved and "keys        2       yes" in moved and "verified" in moved
+    again = local.cli("state", "migrate", "--to", redis_url)
+    assert again.returncode == 2 and again.stderr.strip() == (
+        "--to: the target already holds accounts (2 documents), keys (2 documents); --overwrite replaces documents with the same id")
+    # a proxy on the Redis (no account or key of its own) serves the migrated pool with the old key
+    shared_proxy = make_proxy(shared(redis_url), accounts=0, key=False, name="onredis")
+    shared_proxy.key = local.key
+    assert post(shared_proxy).status_code == 200
+    assert {r.account_id for r in fake.requests} <= {acct.account_id for acct in local.fake_accounts}
+    # and back: into a fresh TinyDB store, which a plain proxy then serves
+    back = tmp_path / "back" / "codexproxy.json"
+    report = shared_proxy.cli_json("state", "migrate", "--to", str(back))
+    assert {r["collection"]: (r["copied"], r["verified"]) for r in report["collections"]}["accounts"] == (2, True)
+    assert report["problems"] == []
+    plain = make_proxy({"storage": {"path": str(back)}}, accounts=0, key=False, name="back")
+    plain.key = local.key
+    assert post(plain).status_code == 200
+
+
+@pytest.mark.parametrize("target, says", [
+    ("http://example.com", "--to: expected a Redis URL (redis://, rediss://, unix://) or a store file path (got http://...)"),
+    ("redis://:hunter2@127.0.0.1:{closed}/0", "The gateway's shared state is unavailable (Redis at 127.0.0.1:{closed}:"),
+])
+def test_state_migrate_refuses_a_bad_target_in_one_line(make_proxy, target, says):
+    from tests.conftest import closed_port
+
+    port = closed_port()
+    local = make_proxy(accounts=1, key=False, start=False)
+    result = local.cli("state", "migrate", "--to", target.format(closed=port))
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.startswith(says.format(closed=port)) and "hunter2" not in result.stderr
+
