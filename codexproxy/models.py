@@ -16,7 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 AccountStatus = Literal["active", "cooling", "exhausted_5h", "exhausted_7d", "reauth_required", "disabled"]
 TIMED_STATUSES = ("cooling", "exhausted_5h", "exhausted_7d")
-EFFORTS = ("minimal", "low", "medium", "high", "xhigh")  # what a platform key may be bound to
+# The reasoning efforts the upstream takes, lowest first: what `reasoning.effort`, a model's
+# "(high)" suffix and a platform key's binding may say. "none" (no reasoning) is GPT-5.1's and
+# later models'; the Anthropic converter maps disabled thinking to it.
+EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 
 
 def now() -> float:
@@ -154,3 +157,25 @@ class PlatformKey(Record):
 
     def is_expired(self, at: float | None = None) -> bool:
         return self.expires_at is not None and self.expires_at <= (at or now())
+
+
+def used_now(window: Window | None, at: float) -> float:
+    """A window's used percent at `at`: one whose reset time has passed is empty again,
+    whatever was last recorded."""
+    if window is None or (window.reset_at is not None and window.reset_at <= at):
+        return 0.0
+    return window.used_percent
+
+
+def best_account(accounts: list[Account], at: float) -> tuple[Account | None, bool]:
+    """(the account the pool would rather use at `at`, whether it is available): the available
+    one with the most room left in its fuller window (then in its 5h one), else the one that
+    comes back first, else the first enabled. `accounts` in the store's order (`ordered()`)."""
+    enabled = [a for a in accounts if a.enabled]
+    available = [a for a in enabled if a.is_available(at)]
+    if available:
+        return min(available, key=lambda a: (max(used_now(a.primary, at), used_now(a.secondary, at)), used_now(a.primary, at))), True
+    waiting = [a for a in enabled if a.effective_status(at) in TIMED_STATUSES]
+    if waiting:
+        return min(waiting, key=lambda a: a.status_until or float("inf")), False
+    return (enabled[0] if enabled else None), False

@@ -7,46 +7,27 @@ import time
 from typing import Any
 
 from codexproxy.exchange import GatewayError, LocalResponse
-from codexproxy.models import Account, Window
+from codexproxy.models import Account, Window, best_account, used_now
 
 WHAM_USAGE_PATH = "/backend-api/wham/usage"
 
 
-def _used(w: Window | None, now: float) -> float:
-    """A window whose reset time has passed is empty again, whatever was last recorded."""
-    if w is None or (w.reset_at is not None and w.reset_at <= now):
-        return 0.0
-    return w.used_percent
-
-
 def window_json(w: Window | None, now: float) -> dict[str, Any] | None:
-    """A window in the upstream's shape (REFERENCE §1)."""
+    """A window in the upstream's shape: a `primary_window`/`secondary_window` of the backend's
+    GET /backend-api/wham/usage answer."""
     if w is None:
         return None
     rolled = w.reset_at is not None and w.reset_at <= now
-    return {"used_percent": _used(w, now),
+    return {"used_percent": used_now(w, now),
             "limit_window_seconds": w.window_minutes * 60 if w.window_minutes else None,
             "reset_after_seconds": None if rolled or w.reset_at is None else max(0, int(w.reset_at - now)),
             "reset_at": None if rolled or w.reset_at is None else int(w.reset_at)}
 
 
-def best_account(app: Any, now: float) -> tuple[Account | None, bool]:
-    """(the account the pool would rather use now, whether it is available): the available one
-    with the most room left, else the one that comes back first."""
-    enabled = [a for a in app.accounts.ordered() if a.enabled]
-    available = [a for a in enabled if a.is_available(now)]
-    if available:
-        return min(available, key=lambda a: (max(_used(a.primary, now), _used(a.secondary, now)), _used(a.primary, now))), True
-    waiting = [a for a in enabled if a.effective_status(now) in ("cooling", "exhausted_5h", "exhausted_7d")]
-    if waiting:
-        return min(waiting, key=lambda a: a.status_until or float("inf")), False
-    return (enabled[0] if enabled else None), False
-
-
 def pool_usage(app: Any, now: float | None = None) -> dict[str, Any]:
     """What the upstream's /wham/usage would answer if the whole pool were one account."""
     now = now or time.time()
-    best, available = best_account(app, now)
+    best, available = best_account(app.accounts.ordered(), now)
     if best is None:
         return {"plan_type": None, "rate_limit": {"allowed": False, "limit_reached": True, "primary_window": None,
                                                   "secondary_window": None}, "credits": None}

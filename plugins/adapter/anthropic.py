@@ -14,8 +14,10 @@ import hashlib
 import json
 from typing import Any
 
+from codexproxy.models import EFFORTS
+
 from .anthropic_response import AnthropicAggregate, AnthropicStream, anthropic_error_body  # noqa: F401  (re-exported)
-from .common import bad_request, checked_role, require_model_and_messages, EFFORTS, parse_model_effort, reasoning_fields
+from .common import bad_request, checked_role, message_item, parse_model_effort, reasoning_fields, require_model_and_messages
 from .reasoning import reasoning_input
 
 _ROLES = ("user", "assistant", "system")
@@ -59,7 +61,7 @@ def anthropic_to_responses(body: dict) -> dict:
     if body.get("system") is not None:
         system = _text_blocks(body["system"], "system")
         if system:
-            items.append(_message("developer", [{"type": "input_text", "text": system}]))
+            items.append(message_item("developer", [{"type": "input_text", "text": system}]))
     call_ids: set[str] = set()
     for i, msg in enumerate(messages):
         items.extend(_convert_message(msg, f"messages[{i}]", call_ids))
@@ -122,10 +124,6 @@ def anthropic_session(body: dict, headers: dict[str, str]) -> str | None:
     return "claude-session-" + hashlib.sha256(session.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
-def _message(role: str, content: list[dict]) -> dict:
-    return {"type": "message", "role": role, "content": content}
-
-
 def _text_blocks(content: Any, where: str) -> str:
     """Text of a string or a list of text blocks (system prompts); cache_control is ignored."""
     if isinstance(content, str):
@@ -145,7 +143,7 @@ def _convert_message(msg: Any, where: str, call_ids: set[str]) -> list[dict]:
     content = msg.get("content")
     if role == "system":  # Claude Code's mid-conversation system message
         text = _text_blocks(content, f"{where}.content")
-        return [_message("developer", [{"type": "input_text", "text": text}])]
+        return [message_item("developer", [{"type": "input_text", "text": text}])]
     if isinstance(content, str):
         content = [{"type": "text", "text": content}]
     if not isinstance(content, list):
@@ -167,7 +165,7 @@ def _convert_message(msg: Any, where: str, call_ids: set[str]) -> list[dict]:
             reasoning = reasoning_input(block.get("signature"), block.get("thinking")) if role == "assistant" else None
             if reasoning is not None:
                 if parts:
-                    items.append(_message(role, parts))
+                    items.append(message_item(role, parts))
                     parts = []
                 items.append(reasoning)
             continue
@@ -179,7 +177,7 @@ def _convert_message(msg: Any, where: str, call_ids: set[str]) -> list[dict]:
             continue
         # Tool blocks become items of their own: close the message being built first.
         if parts:
-            items.append(_message(role, parts))
+            items.append(message_item(role, parts))
             parts = []
         if role == "assistant" and kind == "tool_use":
             items.append(_tool_use(block, at, call_ids))
@@ -188,7 +186,7 @@ def _convert_message(msg: Any, where: str, call_ids: set[str]) -> list[dict]:
         else:
             raise _bad(f"'{at}.type' {kind!r} is not supported in a {role} message.", f"{at}.type")
     if parts:
-        items.append(_message(role, parts))
+        items.append(message_item(role, parts))
     return items
 
 
@@ -244,11 +242,11 @@ def _tool_result(block: dict, at: str, call_ids: set[str]) -> list[dict]:
     if call_id not in call_ids:
         # The backend rejects an output without its call in the input (trimmed history):
         # keep the result as plain context instead of failing the request.
-        items = [_message("user", [{"type": "input_text", "text": f"[tool result {call_id}]\n{output}"}])]
+        items = [message_item("user", [{"type": "input_text", "text": f"[tool result {call_id}]\n{output}"}])]
     else:
         items = [{"type": "function_call_output", "call_id": call_id, "output": output}]
     if images:  # a function_call_output carries text only: images follow as a user message
-        items.append(_message("user", [{"type": "input_text", "text": f"[images from tool result {call_id}]"},
+        items.append(message_item("user", [{"type": "input_text", "text": f"[images from tool result {call_id}]"},
                                        *images]))
     return items
 

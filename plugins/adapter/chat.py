@@ -1,5 +1,6 @@
-"""Chat Completions on the client side: request mapping to the Responses API (REFERENCE §4),
-and the upstream Responses events turned into `chat.completion.chunk`s or one `chat.completion`.
+"""Chat Completions on the client side: the request mapped to the Responses API (each field in
+MAPPED or IGNORED below), and the upstream Responses events turned into `chat.completion.chunk`s
+or one `chat.completion`.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from typing import Any
 from codexproxy.exchange import GatewayError
 
 from .reasoning import reasoning_detail, reasoning_from_details
-from .common import (bad_request, checked_role, require_model_and_messages, Aggregate, EventStream, ToolCall, message_text, parse_model_effort,
-                     reasoning_fields, reasoning_text, usage_counts)
+from .common import (Aggregate, EventStream, ToolCall, bad_request, checked_role, message_item, message_text, parse_model_effort,
+                     reasoning_fields, reasoning_text, require_model_and_messages, usage_counts)
 
 _ROLES = ("system", "developer", "user", "assistant", "tool")
 
@@ -116,10 +117,6 @@ def _requested_effort(body: dict) -> str | None:
     return effort.strip().lower() or None
 
 
-def _message(role: str, content: list[dict]) -> dict:
-    return {"type": "message", "role": role, "content": content}
-
-
 def _convert_messages(messages: list) -> list[dict]:
     items: list[dict] = []
     call_kinds: dict[str, str] = {}  # call_id -> "function" | "custom", from assistant turns
@@ -128,17 +125,17 @@ def _convert_messages(messages: list) -> list[dict]:
         role = checked_role(msg, where, _ROLES)
         content = msg.get("content")
         if role in ("system", "developer"):
-            items.append(_message("developer", [{"type": "input_text", "text": _text_of(content, where)}]))
+            items.append(message_item("developer", [{"type": "input_text", "text": _text_of(content, where)}]))
         elif role == "user":
             if content is None:
                 raise _bad(f"'{where}.content' is required.", f"{where}.content")
-            items.append(_message("user", _user_parts(content, where)))
+            items.append(message_item("user", _user_parts(content, where)))
         elif role == "assistant":
             # Encrypted reasoning we issued (reasoning_details) goes first: it led to this turn.
             items.extend(reasoning_from_details(msg.get("reasoning_details")))
             text = _text_of(content, where)
             if text:
-                items.append(_message("assistant", [{"type": "output_text", "text": text}]))
+                items.append(message_item("assistant", [{"type": "output_text", "text": text}]))
             items.extend(_assistant_calls(msg.get("tool_calls"), where, call_kinds))
         else:
             items.append(_tool_output(msg, where, call_kinds))
@@ -232,7 +229,7 @@ def _tool_output(msg: dict, where: str, call_kinds: dict[str, str]) -> dict:
     if kind is None:
         # The backend rejects an output whose call is not in the input (clients that trim
         # history do this); keep the result as plain context instead of failing the request.
-        return _message("user", [{"type": "input_text", "text": f"[tool result {call_id}]\n{output}"}])
+        return message_item("user", [{"type": "input_text", "text": f"[tool result {call_id}]\n{output}"}])
     kind = "custom_tool_call_output" if kind == "custom" else "function_call_output"
     return {"type": kind, "call_id": call_id, "output": output}
 

@@ -13,13 +13,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from codexproxy.exchange import GatewayError
+from codexproxy.models import EFFORTS
 from codexproxy.sse import SSEEvent
 # The upstream's error vocabulary lives in the core; re-exported for the converters.
 from codexproxy.upstream import (TERMINAL_EVENTS, error_status_for_code, gateway_error_from_event,  # noqa: F401
                                  stream_cut_error)
-
-# "none" is accepted too: GPT-5.1+ take it, and the Anthropic converter maps disabled thinking to it.
-EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 
 
 _EFFORT_SUFFIX = re.compile(r"^(?P<name>.+?)\s*\(\s*(?P<effort>[A-Za-z]+)\s*\)$")
@@ -40,6 +38,11 @@ def require_model_and_messages(body: Any) -> tuple[str, list]:
     if not isinstance(messages, list) or not messages:
         raise bad_request("'messages' is required and must be a non-empty list.", "messages")
     return model, messages
+
+
+def message_item(role: str, content: list[dict]) -> dict:
+    """A Responses `input` message item: what a chat or Anthropic turn becomes."""
+    return {"type": "message", "role": role, "content": content}
 
 
 def checked_role(msg: Any, where: str, roles: tuple[str, ...]) -> str:

@@ -15,8 +15,8 @@ from codexproxy.sse import SSEEvent, encode
 
 from .common import TERMINAL_EVENTS, Aggregate, stream_cut_error, with_content_type
 
-# Fields accepted and not sent upstream, and why (the backend answers 400 "Unsupported
-# parameter" to each; REFERENCE §1). Everything else goes upstream as the client sent it.
+# Fields accepted and not sent upstream, and why (the Codex backend answers 400 "Unsupported
+# parameter" to each). Everything else goes upstream as the client sent it.
 IGNORED = {
     "temperature": "reasoning models take no sampling parameters; the backend refuses them",
     "top_p": "reasoning models take no sampling parameters; the backend refuses them",

@@ -12,6 +12,7 @@ from typing import Any
 from codexproxy.config import masked
 from codexproxy.loghistory import failed
 from codexproxy.logstore import start_of_today
+from codexproxy.models import best_account
 
 from . import charts, history, methods
 
@@ -97,9 +98,7 @@ def dashboard(app, query: dict[str, str]) -> dict[str, Any]:
               "cooling": statuses.count("cooling"), "exhausted": statuses.count("exhausted_5h") + statuses.count("exhausted_7d"),
               "reauth": statuses.count("reauth_required"), "disabled": statuses.count("disabled")}
     enabled = [a for a in accounts if a.enabled]
-    available = [a for a in accounts if a.is_available(now)]
-    best = min(available, key=lambda a: (a.primary.used_percent if a.primary else 0, a.secondary.used_percent if a.secondary else 0),
-               default=None)
+    best, available = best_account(accounts, now)  # the one /backend-api/wham/usage reports too
     # From the buckets, not the log: today's rows alone can be tens of thousands. Only the last
     # hour (a rolling window the hourly buckets do not match) is read from the log.
     history = app.logs.history()
@@ -112,7 +111,7 @@ def dashboard(app, query: dict[str, str]) -> dict[str, Any]:
     today = {"requests": day["requests"], "tokens": day["tokens"]}
     recent_errors = [log_row(row) for row in history.recent_failures() if row["time"] >= start_of_today()]
     return {"counts": counts, "pool": {"5h": _pool_window(enabled, "primary"), "7d": _pool_window(enabled, "secondary")},
-            "best": account_view(best, now) if best else None, "hour": hour, "today": today,
+            "best": account_view(best, now) if available else None, "hour": hour, "today": today,
             "recent_errors": recent_errors, "jobs": methods.jobs_list(app, {}), "uptime_s": now - app.started_at,
             "keys": len(app.keys.all()), "window": window, "windows": WINDOWS,
             "charts": activity_charts(buckets[WINDOWS[window][0]], window)}
