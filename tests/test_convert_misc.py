@@ -15,7 +15,7 @@ from codexproxy_plugins.adapter.chat import chat_to_responses
 from codexproxy.pipeline import run_transform as drive
 from codexproxy_plugins.adapter.completions import (CompletionsAggregate, CompletionsStream,
                                                     completions_to_chat)
-from codexproxy_plugins.adapter.models import (anthropic_model_list, openai_model_list,
+from codexproxy_plugins.adapter.modellist import (anthropic_model_list, openai_model_list,
                                                slugs_from_upstream)
 
 GOLDEN = Path(__file__).parent / "golden"

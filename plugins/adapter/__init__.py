@@ -14,6 +14,7 @@ import httpx
 from pydantic import Field
 
 from codexproxy import hookimpl, outbound, wire
+from codexproxy.builtin import RESPONSES_PATHS
 from codexproxy.config import PluginConfig, Section
 from codexproxy.exchange import GatewayError, LocalResponse, Route
 
@@ -24,13 +25,13 @@ from .chat import ChatAggregate, ChatStream, chat_session, chat_to_responses
 from .common import reasoning_fields
 from .completions import CompletionsAggregate, CompletionsStream, completions_to_chat
 from .conversations import FILE_NAME, ConversationStore, replay_items
-from .models import anthropic_model_list, openai_model_list, slugs_from_upstream
+from .modellist import anthropic_model_list, openai_model_list, slugs_from_upstream
 from .responses import ResponsesAggregate, ResponsesStream, normalize_responses_request
 
 log = logging.getLogger("codexproxy.adapter")
 
 ROUTES = {
-    "/v1/responses": "responses", "/backend-api/codex/responses": "responses", "/responses": "responses",
+    **dict.fromkeys(RESPONSES_PATHS, "responses"),  # the core's passthrough paths, normalised here
     "/v1/chat/completions": "chat", "/chat/completions": "chat",
     "/v1/completions": "completions", "/completions": "completions",
     "/v1/messages": "anthropic", "/messages": "anthropic",
@@ -249,7 +250,7 @@ def codexproxy_shutdown(app):
             _STORES.pop(path, None)
 
 
-_RESPONSE_PREFIXES = ("/v1/responses/", "/responses/", "/backend-api/codex/responses/")
+_RESPONSE_PREFIXES = tuple(path + "/" for path in RESPONSES_PATHS)
 
 
 def _kept_response_id(path: str) -> str | None:
