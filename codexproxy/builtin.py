@@ -1,4 +1,5 @@
-"""The host's own hook implementations: health, and the raw Responses passthrough.
+"""The host's own hook implementations: health, the raw Responses passthrough, and the core's
+CLI commands (commands.py).
 
 Registered as plugin "core" (always on). Everything here is the floor other plugins build on:
 the adapter plugin claims the same routes first to normalise and convert.
@@ -11,20 +12,30 @@ import time
 from . import __version__, hookimpl, wire
 from .exchange import GatewayError, LocalResponse, Route
 
+# Where clients send Responses requests (the adapter plugin claims the same paths, from here).
 RESPONSES_PATHS = ("/v1/responses", "/backend-api/codex/responses", "/responses")
 COMPACT_PATHS = tuple(path + "/compact" for path in RESPONSES_PATHS)
 
 
-def health(app, exchange) -> LocalResponse:
+def health_report(app, detailed: bool = False) -> dict:
+    """The one answer to "is it up?": GET /health's for anyone (liveness, the pool's size), and
+    with `detailed` the admin API's `health` (accounts by status, keys, the jobs' last runs)."""
+    now = time.time()
     accounts = app.accounts.all()
-    available = sum(1 for a in accounts if a.is_available())
-    return LocalResponse(200, {
-        "status": "ok",
-        "version": __version__,
-        "uptime_s": round(time.time() - app.started_at, 1),
-        "accounts": len(accounts),
-        "accounts_available": available,
-    })
+    report = {"status": "ok", "version": __version__, "uptime_s": round(now - app.started_at, 1),
+              "accounts": len(accounts), "accounts_available": sum(1 for a in accounts if a.is_available(now))}
+    if detailed:
+        statuses: dict[str, int] = {}
+        for account in accounts:
+            status = account.effective_status(now)
+            statuses[status] = statuses.get(status, 0) + 1
+        report.update(running=app.running, accounts_by_status=statuses, keys=len(app.keys.all()),
+                      jobs={name: info.get("ok") for name, info in app.jobs.last_run.items()})
+    return report
+
+
+def health(app, exchange) -> LocalResponse:
+    return LocalResponse(200, health_report(app))
 
 
 def is_codex_client(headers: dict[str, str]) -> bool:
@@ -32,23 +43,24 @@ def is_codex_client(headers: dict[str, str]) -> bool:
     return "codex" in origin.lower()
 
 
-@hookimpl
+@hookimpl(tryfirst=True)  # first, so the core's groups (accounts) carry the core's help text
 def codexproxy_cli_commands(cli):
-    from . import statecli  # imports the CLI module, which imports app: loaded when the CLI asks
+    from . import commands, statecli  # import app, which imports this module: loaded when the CLI asks
 
-    statecli.register(cli)
+    commands.register(cli)
+    statecli.register(cli)  # codexproxy state migrate
 
 
 @hookimpl(trylast=True)
 def codexproxy_route(app, exchange):
     if exchange.path == "/" and exchange.method in ("GET", "HEAD"):
         # Clients probe the base URL before their first call (Claude Code does): say we are up.
-        return Route(kind="local", protocol="none", needs_key=False, name="root",
+        return Route(kind="local", protocol="none", needs_key=False, name="root", logged=False,
                      handler=lambda app, ex: LocalResponse(200, {"status": "ok", "service": "codexproxy", "version": __version__}))
     if exchange.path in ("/health", "/healthz"):
         if exchange.method not in ("GET", "HEAD"):
             raise GatewayError(405, f"{exchange.method} is not allowed on {exchange.path}; use GET.", code="method_not_allowed")
-        return Route(kind="local", protocol="none", needs_key=False, handler=health, name="health")
+        return Route(kind="local", protocol="none", needs_key=False, handler=health, name="health", logged=False)
     if exchange.path in COMPACT_PATHS:
         # Remote compaction (Codex between its first remote-compaction release and v2, and
         # peers' clients): a JSON request and a JSON answer, both passed through unchanged

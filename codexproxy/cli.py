@@ -1,8 +1,9 @@
-"""The `codexproxy` command. Errors are one line on stderr and exit code 2.
+"""The `codexproxy` command: the parser, `main`, and what every command's code shares (CLIError,
+argument types, `emit`, `table`). Errors are one line on stderr and exit code 2.
 
-Commands of the core (run, plugins, codex-config, keys, accounts) are here; plugins add theirs
-through `codexproxy_cli_commands`, so the parser is built after the config (which says which
-plugins are on) is read.
+No command is defined here: the core's own (commands.py) and each plugin's come through
+`codexproxy_cli_commands`, so the parser is built after the config (which says which plugins
+are on) is read.
 """
 
 from __future__ import annotations
@@ -31,17 +32,15 @@ class OneLineParser(argparse.ArgumentParser):
         raise CLIError(f"{self.prog}: {message}")
 
 
-# --- argument types: the same limits the config and the admin API apply ------------------------
-# argparse turns the ArgumentTypeError into "argument --rpm: ..." (one line, exit 2).
+# --- argument types ------------------------------------------------------------------------------
+# argparse turns the ArgumentTypeError into "argument --port: ..." (one line, exit 2).
 
-def whole_number(low: int, high: int, allow_none: bool = False) -> Callable[[str], int | str]:
-    def parse(text: str) -> int | str:
-        if allow_none and text.strip().lower() in ("", "none"):
-            return "none"  # kept as the word: `keys update` reads it as "remove the limit"
+def whole_number(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
         try:
             value = int(text.strip())
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number{' or none' if allow_none else ''} (got {text[:40]!r})") from None
+            raise argparse.ArgumentTypeError(f"expected a whole number (got {text[:40]!r})") from None
         if not low <= value <= high:
             raise argparse.ArgumentTypeError(f"must be between {low} and {high} (got {value})")
         return value
@@ -71,8 +70,6 @@ def short_text(max_len: int = 200) -> Callable[[str], str]:
 
 
 PORT = whole_number(0, 65535)
-RPM = whole_number(1, 1_000_000)
-DAILY_TOKENS = whole_number(1, 10**12)
 
 
 class SecretRedactingFilter(logging.Filter):
@@ -151,86 +148,16 @@ class CommandRegistry:
 
 
 def build_parser(registry_hook: Callable[[CommandRegistry], None] | None = None) -> tuple[OneLineParser, argparse.ArgumentParser]:
-    from . import commands as c  # imports this module: loaded here, not at the top
-
+    """The parser with every command `registry_hook` adds: the core's own (commands.py, through
+    the "core" plugin) and each enabled plugin's, all through `codexproxy_cli_commands`."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-c", "--config", metavar="FILE", help="config.yaml (optional: defaults and CODEXPROXY_* env are enough)")
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser = OneLineParser(prog="codexproxy", description="Local gateway for Codex/ChatGPT account pools.", parents=[common])
     parser.add_argument("--version", action="version", version=f"codexproxy {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
-    reg = CommandRegistry(sub, common)
-
-    p = reg.command(None, "run", "serve the gateway (and the status page) until Ctrl-C")
-    p.add_argument("--host", type=short_text(255), help="override server.host")
-    p.add_argument("--port", type=PORT, help="override server.port (0 = any free port)")
-    p.add_argument("--open", action="store_true", help="open the status page in the browser once up")
-    p.set_defaults(func=c.cmd_run)
-    p = reg.command(None, "plugins", "list plugins, whether they are on, and their hooks")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=c.cmd_plugins)
-    p = reg.command(None, "codex-config", "print the Codex CLI config.toml block for this proxy")
-    p.add_argument("--key", help="the platform key to put in the export line")
-    p.set_defaults(func=c.cmd_codex_config)
-
-    p = reg.command(None, "rpc", "call an admin API method (on the running proxy if there is one), e.g. rpc keys.list")
-    p.add_argument("method", metavar="METHOD")
-    p.add_argument("params", metavar="JSON_PARAMS", nargs="?", help='an object, e.g. \'{"id": "key_..."}\'')
-    p.add_argument("--timeout", type=seconds, default=60.0)
-    p.set_defaults(func=c.cmd_rpc)
-    p = reg.command(None, "admin-token", "print the admin token of the status page and admin API")
-    p.add_argument("--path", action="store_true", help="print where it is kept instead")
-    p.set_defaults(func=c.cmd_admin_token)
-
-    reg.group("keys", "platform keys: create (shown once), list, update, enable, disable, remove")
-    reg.group("accounts", "the account pool: import, list (plugins add login, show, update, remove, export, refresh)")
-    p = reg.command("keys", "create", "create a platform key (shown once)")
-    p.add_argument("name", type=short_text(100))
-    p.add_argument("--model", type=short_text(), help="force this model for every request of the key")
-    p.add_argument("--effort", choices=c.EFFORTS, help="force this reasoning effort")
-    p.add_argument("--expires", type=short_text(), help="30d, 12h, or a date (2026-12-31)")
-    p.add_argument("--rpm", type=RPM, help="requests per minute limit")
-    p.add_argument("--daily-tokens", type=DAILY_TOKENS, help="tokens per day limit")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=c.cmd_keys_create)
-    p = reg.command("keys", "list", "list platform keys (never the secret)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=c.cmd_keys_list)
-    p = reg.command("keys", "update", "change a key's bindings and limits")
-    p.add_argument("id", type=short_text())
-    p.add_argument("--model", type=short_text())
-    p.add_argument("--effort", choices=c.EFFORTS + ("none",))
-    p.add_argument("--expires", type=short_text(), help="30d, 12h, a date (2026-12-31), or never")
-    p.add_argument("--rpm", type=whole_number(1, 1_000_000, allow_none=True), help="requests per minute limit (none to remove)")
-    p.add_argument("--daily-tokens", type=whole_number(1, 10**12, allow_none=True), help="tokens per day limit (none to remove)")
-    p.add_argument("--account", type=short_text(), help="pin the key to this account (none to unpin)")
-    p.add_argument("--group", type=short_text(100), help="pin the key to this account group (none to unpin)")
-    p.add_argument("--alias", action="append", type=short_text(), metavar="PATTERN=MODEL",
-                   help="a model alias of this key, e.g. 'claude-*haiku*=gpt-5.5(low)'; PATTERN= removes it (repeatable)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=c.cmd_keys_update)
-    for name, enabled in (("enable", True), ("disable", False)):
-        p = reg.command("keys", name, f"{name} a key")
-        p.add_argument("id")
-        p.set_defaults(func=c.cmd_keys_toggle(enabled))
-    p = reg.command("keys", "remove", "delete a key")
-    p.add_argument("id")
-    p.set_defaults(func=c.cmd_keys_remove)
-
-    p = reg.command("accounts", "import", "add accounts from Codex CLI auth.json files or directories of them")
-    p.add_argument("paths", nargs="+", metavar="PATH")
-    p.add_argument("--group")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=c.cmd_accounts_import)
-    p = reg.command("accounts", "list", "list accounts with status and usage (never tokens)")
-    p.add_argument("--group")
-    p.add_argument("--tag")
-    p.add_argument("--status", choices=("active", "cooling", "exhausted_5h", "exhausted_7d", "reauth_required", "disabled"))
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=c.cmd_accounts_list)
-
     if registry_hook:
-        registry_hook(reg)
+        registry_hook(CommandRegistry(sub, common))
     return parser, common
 
 

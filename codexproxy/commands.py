@@ -1,5 +1,6 @@
-"""The core's own CLI commands: run, plugins, codex-config, rpc, admin-token, keys, accounts
-import/list. The parser that mounts them (and the plugins' commands) is in cli.py."""
+"""The core's own CLI commands: run, plugins, codex-config, accounts import/list. `register`
+mounts them; the "core" plugin (builtin.py) calls it from `codexproxy_cli_commands`, the hook
+every plugin adds its commands through, so cli.py knows no command by name."""
 
 from __future__ import annotations
 
@@ -9,16 +10,14 @@ import json
 import logging
 import webbrowser
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import ValidationError
 
 from . import __version__
 from .app import App
-from .cli import CLIError, emit, fmt_time, table
-from .expiry import parse_expiry
-from .logstore import key_stats
-from .models import EFFORTS, Account  # noqa: F401  (EFFORTS: the parser's choices)
+from .cli import PORT, CLIError, CommandRegistry, emit, fmt_time, short_text, table
+from .models import Account
 
 def cmd_run(app: App, args: argparse.Namespace) -> int:
     from .server import StartupError, serve
@@ -79,154 +78,6 @@ wire_api = "responses"
 
 # and in your shell:
 export CODEXPROXY_API_KEY={key}""")
-    return 0
-
-
-def parse_expires(value: str | None) -> float | None:
-    """--expires, read exactly as the admin API reads it (codexproxy/expiry.py)."""
-    try:
-        return parse_expiry(value)
-    except ValueError as exc:
-        raise CLIError(f"--expires: {exc}") from None
-
-
-def cmd_keys_create(app: App, args: argparse.Namespace) -> int:
-    name = args.name.strip()
-    if not name:
-        raise CLIError("keys create: NAME must not be empty")
-    key, secret = app.keys.create(name, model=args.model, effort=args.effort, expires_at=parse_expires(args.expires),
-                                  rpm=args.rpm, daily_tokens=args.daily_tokens)
-    data = {"id": key.id, "name": key.name, "key": secret}
-    emit(args, data, lambda: f"created key {key.id} ({key.name})\n{secret}\nThis key is shown once: store it now (e.g. export CODEXPROXY_API_KEY={secret}).")
-    return 0
-
-
-def cmd_keys_list(app: App, args: argparse.Namespace) -> int:
-    stats = key_stats(app.logs)
-    unused = {"last_used": None, "requests_today": 0, "tokens_today": 0}
-    keys = [{**k.public(), **unused, **stats.get(k.id, {})} for k in app.keys.all()]
-    emit(args, keys, lambda: table([[k["id"], k["name"], k["prefix"] + "…", "yes" if k["enabled"] else "no", k.get("model") or "-",
-                                     k.get("effort") or "-", fmt_time(k.get("expires_at")), fmt_time(k.get("last_used")),
-                                     str(k.get("requests_today", 0)), str(k.get("tokens_today", 0))] for k in keys],
-                                    ["ID", "NAME", "KEY", "ENABLED", "MODEL", "EFFORT", "EXPIRES", "LAST USED", "REQ TODAY", "TOKENS TODAY"]))
-    return 0
-
-
-def _find_key(app: App, ref: str):
-    key = app.keys.find(ref)
-    if key is None:
-        raise CLIError(f"no key matches {ref!r} (see codexproxy keys list)")
-    return key
-
-
-def cmd_keys_update(app: App, args: argparse.Namespace) -> int:
-    key = _find_key(app, args.id)
-    fields: dict[str, Any] = {}
-    for name in ("model", "effort", "rpm", "daily_tokens", "account", "group"):
-        value = getattr(args, name, None)
-        if value is not None:
-            fields["account_id" if name == "account" else name] = (None if value in ("", "none") else value)
-    if args.expires is not None:
-        fields["expires_at"] = parse_expires(args.expires)
-    if getattr(args, "enable", False):
-        fields["enabled"] = True
-    if getattr(args, "disable", False):
-        fields["enabled"] = False
-    if getattr(args, "alias", None):
-        fields["aliases"] = _changed_aliases(key.aliases, args.alias)
-    if fields.get("account_id") and app.accounts.find(fields["account_id"]) is None:
-        raise CLIError(f"--account: no account matches {fields['account_id']!r}")
-    if fields.get("account_id"):
-        fields["account_id"] = app.accounts.find(fields["account_id"]).id
-    updated = app.keys.update(key.id, **fields)
-    emit(args, updated.public(), lambda: f"updated key {updated.id} ({updated.name})")
-    return 0
-
-
-def _changed_aliases(current: dict[str, str], changes: list[str]) -> dict[str, str]:
-    """A key's alias map after `--alias PATTERN=MODEL` (set) / `--alias PATTERN=` (remove)."""
-    aliases = dict(current)
-    for change in changes:
-        pattern, sep, target = change.partition("=")
-        pattern, target = pattern.strip(), target.strip()
-        if not sep or not pattern:
-            raise CLIError(f"--alias: expected PATTERN=MODEL, got {change!r}")
-        if target:
-            aliases[pattern] = target
-        else:
-            aliases.pop(pattern, None)
-    return aliases
-
-
-def cmd_keys_toggle(enabled: bool) -> Callable[[App, argparse.Namespace], int]:
-    def run(app: App, args: argparse.Namespace) -> int:
-        key = _find_key(app, args.id)
-        app.keys.update(key.id, enabled=enabled)
-        print(f"{'enabled' if enabled else 'disabled'} key {key.id} ({key.name})")
-        return 0
-    return run
-
-
-def cmd_keys_remove(app: App, args: argparse.Namespace) -> int:
-    key = _find_key(app, args.id)
-    app.keys.remove(key.id)
-    print(f"removed key {key.id} ({key.name})")
-    return 0
-
-
-def cmd_rpc(app: App, args: argparse.Namespace) -> int:
-    """Call an admin API method: on the running proxy when there is one (so its in-memory
-    state and the store agree), else in this process."""
-    try:
-        params = json.loads(args.params) if args.params is not None else {}
-    except ValueError as exc:
-        raise CLIError(f"rpc: JSON_PARAMS is not valid JSON: {exc}") from None
-    url = app.running_proxy_url()
-    if url is None:
-        result = _rpc_local(app, args.method, params)
-    else:
-        import httpx
-
-        try:
-            response = httpx.post(url.rstrip("/") + "/rpc", json={"jsonrpc": "2.0", "id": 1, "method": args.method, "params": params},
-                                  headers={"authorization": f"Bearer {app.admin_token}"}, timeout=args.timeout)
-            body = response.json()
-        except httpx.HTTPError as exc:
-            raise CLIError(f"rpc: cannot reach the running proxy at {url}: {exc}") from None
-        except ValueError:
-            raise CLIError(f"rpc: the proxy at {url} answered {response.status_code} without JSON (is the admin plugin enabled?)") from None
-        if not isinstance(body, dict) or ("error" not in body and "result" not in body):
-            raise CLIError(f"rpc: unexpected answer from {url}: {str(body)[:200]}")
-        if "error" in body:
-            error = body["error"] if isinstance(body["error"], dict) else {"message": str(body["error"])}
-            raise CLIError(f"rpc {args.method}: {error.get('message')} ({error.get('code')})")
-        result = body["result"]
-    print(json.dumps(result, indent=2, ensure_ascii=False))
-    return 0
-
-
-def _rpc_local(app: App, method: str, params: Any) -> Any:
-    from .exchange import GatewayError
-
-    methods: dict[str, Any] = {}
-    for found in app.hook.codexproxy_rpc_methods(app=app):
-        methods.update(found or {})
-    func = methods.get(method)
-    if func is None:
-        raise CLIError(f"rpc: no method {method!r} (methods: {', '.join(sorted(methods)) or 'none: is the admin plugin enabled?'})")
-    try:
-        return func(app, params)
-    except GatewayError as exc:
-        raise CLIError(f"rpc {method}: {exc.message}") from None
-    except (ValueError, LookupError, TypeError) as exc:
-        raise CLIError(f"rpc {method}: {exc.args[0] if exc.args else exc}") from None
-
-
-def cmd_admin_token(app: App, args: argparse.Namespace) -> int:
-    if args.path:
-        print("config admin.token" if app.config.admin.token else app.admin_token_file)
-    else:
-        print(app.admin_token)
     return 0
 
 
@@ -306,3 +157,36 @@ def cmd_accounts_list(app: App, args: argparse.Namespace) -> int:
         accounts = [a for a in accounts if a["status"] == args.status]
     emit(args, accounts, lambda: account_rows(accounts))
     return 0
+
+
+ACCOUNT_STATUSES = ("active", "cooling", "exhausted_5h", "exhausted_7d", "reauth_required", "disabled")
+
+
+def register(cli: CommandRegistry) -> None:
+    p = cli.command(None, "run", "serve the gateway (and the status page) until Ctrl-C")
+    p.add_argument("--host", type=short_text(255), help="override server.host")
+    p.add_argument("--port", type=PORT, help="override server.port (0 = any free port)")
+    p.add_argument("--open", action="store_true", help="open the status page in the browser once up")
+    p.set_defaults(func=cmd_run)
+    p = cli.command(None, "plugins", "list plugins, whether they are on, and their hooks")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_plugins)
+    p = cli.command(None, "codex-config", "print the Codex CLI config.toml block for this proxy")
+    p.add_argument("--key", help="the platform key to put in the export line")
+    p.set_defaults(func=cmd_codex_config)
+
+    cli.group("accounts", "the account pool: import, list (plugins add login, show, update, remove, export, refresh)")
+    p = cli.command("accounts", "import", "add accounts from Codex CLI auth.json files or directories of them")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--group")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_accounts_import)
+    p = cli.command("accounts", "list", "list accounts with status and usage (never tokens)")
+    p.add_argument("--group")
+    p.add_argument("--tag")
+    p.add_argument("--status", choices=ACCOUNT_STATUSES)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_accounts_list)
+
+    from . import service  # `codexproxy service install|status|uninstall`
+    service.register(cli)

@@ -22,8 +22,6 @@ FIELDS = ("time", "id", "key_id", "key_name", "account_id", "account", "protocol
           "status", "latency_ms", "ttfb_ms", "input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens",
           "attempts", "error")
 
-
-QUIET_ROUTES = ("health", "root", "status", "metrics")
 HISTORY_BUILD_DELAY_S = 3.0
 
 
@@ -78,8 +76,8 @@ def row_for(exchange) -> dict[str, Any]:
 
 @hookimpl
 def codexproxy_exchange_done(app, exchange):
-    if exchange.route is not None and exchange.route.name in QUIET_ROUTES:
-        return  # liveness probes, status page views and metrics scrapes would drown the log
+    if exchange.route is not None and not exchange.route.logged:
+        return  # the route's plugin says so: liveness probes, page views and scrapes would drown the log
     app.logs.append(row_for(exchange))
 
 

@@ -265,7 +265,7 @@ def test_cli_rpc_without_a_running_proxy_runs_locally(make_proxy):
     listed = json.loads(proxy.cli("rpc", "keys.list", check=True).stdout)
     assert [k["id"] for k in listed] == [created["id"]]
     bad = proxy.cli("rpc", "nope.nope")
-    assert bad.returncode == 2 and "no method 'nope.nope'" in bad.stderr
+    assert bad.returncode == 2 and "Method not found: 'nope.nope'" in bad.stderr  # rpc.call's words, as on /rpc
 
 
 def test_admin_token_command(proxy):
@@ -315,3 +315,18 @@ def test_every_token_check_is_constant_time(tmp_path, monkeypatch):
     assert not session.check_csrf(session.Session(csrf="right", expires=0), "wrong")
     assert compared == [(b"right", b"wrong")]
     app.close()
+
+
+def test_cli_rpc_answers_the_same_with_or_without_a_running_proxy(make_proxy):
+    """One dispatcher (rpc.call) for POST /rpc and for `codexproxy rpc` in the CLI's process."""
+    proxy = make_proxy(accounts=0, key=False, start=False)
+    calls = [("nope.nope", "{}"), ("keys.create", '{"name": "x", "rpm": 0}'), ("keys.get", '{"id": "key_nope"}'),
+             ("health", '{"deep": true}'), ("keys.list", "[1]")]
+
+    def answers() -> list[tuple[int, str]]:
+        return [(r.returncode, r.stderr) for r in (proxy.cli("rpc", method, params) for method, params in calls)]
+
+    offline = answers()
+    proxy.start()
+    online = answers()
+    assert offline == online and all(code == 2 and len(err.strip().splitlines()) == 1 for code, err in online), (offline, online)

@@ -135,3 +135,53 @@ def test_bad_cli_input_is_one_line_and_changes_nothing(make_proxy, args, needle)
     assert result.returncode == 2 and needle in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert proxy.cli_json("keys", "list") == []
+
+
+@pytest.mark.parametrize("option,value,param", [
+    ("--rpm", "0", "rpm"),
+    ("--daily-tokens", "lots", "daily_tokens"),
+    ("--expires", "2001-01-01", "expires"),
+    ("--account", "acc_nope", "account"),
+    ("--alias", "gpt-*=\u0007", "aliases"),
+])
+def test_cli_and_admin_api_refuse_the_same_key_input_for_the_same_reason(make_proxy, option, value, param):
+    proxy = make_proxy(accounts=0, key=False, start=False)
+    rpc_value = {"gpt-*": "\u0007"} if param == "aliases" else value
+    rpc = proxy.cli("rpc", "keys.create", json.dumps({"name": "x", param: rpc_value}))
+    cli = proxy.cli("keys", "create", "x", f"{option}={value}")
+    assert rpc.returncode == cli.returncode == 2
+    reason = rpc.stderr.strip().split(": ", 3)[-1].rsplit(" (", 1)[0]  # "rpc keys.create: Invalid params: rpm: <reason> (-32602)"
+    assert cli.stderr.strip().endswith(reason) and f"{option}: " in cli.stderr, (rpc.stderr, cli.stderr)
+    assert proxy.cli_json("keys", "list") == []
+
+
+def test_update_switches_a_key_off_and_on_with_disable_and_enable(proxy, fake):
+    key_id = proxy.cli_json("keys", "list")[0]["id"]
+    assert proxy.cli_json("keys", "update", key_id, "--disable")["enabled"] is False
+    assert ask(proxy, proxy.key).status_code == 403
+    assert proxy.cli_json("keys", "update", key_id, "--enable")["enabled"] is True
+    assert ask(proxy, proxy.key).status_code == 200
+    both = proxy.cli("keys", "update", key_id, "--enable", "--disable")
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr and len(both.stderr.strip().splitlines()) == 1
+
+
+def test_effort_default_removes_the_binding_and_none_binds_no_reasoning(proxy, fake):
+    key = proxy.create_key("fast", "--effort", "high")
+    key_id = next(k["id"] for k in proxy.cli_json("keys", "list") if k["name"] == "fast")
+    out = proxy.cli("keys", "update", key_id, "--effort", "none", check=True).stdout
+    assert "--effort default removes" in out  # the old spelling of "remove" is told what it does now
+    assert ask(proxy, key).status_code == 200
+    assert fake.requests[-1].json["reasoning"] == {"effort": "none"}
+    assert proxy.cli_json("keys", "update", key_id, "--effort", "default")["effort"] is None
+    assert ask(proxy, key).status_code == 200
+    assert "reasoning" not in fake.requests[-1].json
+    bad = proxy.cli("keys", "update", key_id, "--effort", "unbind")
+    assert bad.returncode == 2 and "or default to remove it" in bad.stderr
+
+
+def test_create_takes_the_keys_own_aliases(proxy, fake):
+    key = proxy.create_key("aliased", "--alias", "claude-*=gpt-5(low)")
+    assert proxy.cli_json("keys", "list")[-1]["aliases"] == {"claude-*": "gpt-5(low)"}
+    assert ask(proxy, key, "/v1/messages", ANTHROPIC_BODY).status_code == 200
+    sent = fake.requests[-1].json
+    assert sent["model"] == "gpt-5" and sent["reasoning"]["effort"] == "low"

@@ -80,3 +80,18 @@ def test_logstore_skips_a_torn_last_line(tmp_path):
     assert [r["id"] for r in reopened.newest_first()] == ["a"]
     reopened.append({"id": "b", "status": 200})
     assert [r["id"] for r in reopened.newest_first()] == ["b", "a"]
+
+
+def test_probes_pages_and_scrapes_stay_out_of_the_log_while_the_admin_api_is_logged(make_proxy):
+    """Each route's plugin says whether it is logged (Route.logged): the logging plugin knows no
+    route of another plugin by name."""
+    proxy = make_proxy(accounts=0)
+    with proxy.client() as client:
+        for path in ("/", "/health", "/healthz", "/status/login", "/metrics"):
+            assert client.get(path).status_code < 500, path
+        client.get("/", headers={"accept": "text/html"})  # a browser at the base URL: sent to /status
+        rpc = client.post("/rpc", json={"jsonrpc": "2.0", "id": 1, "method": "health"},
+                          headers={"authorization": f"Bearer {proxy.admin_token}"})
+        assert rpc.status_code == 200
+        assert client.get("/no/such/path").status_code == 404
+    assert sorted(r["path"] for r in proxy.cli_json("logs")) == ["/no/such/path", "/rpc"]

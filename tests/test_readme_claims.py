@@ -250,3 +250,15 @@ def test_legacy_completions_stream_event_by_event(proxy, fake):
     texts = [t for t, _, d in events[:-1] if json.loads(d)["choices"] and json.loads(d)["choices"][0]["text"]]
     assert len(texts) == 4 and all(b - a > 0.25 for a, b in zip(texts, texts[1:])), "not streamed chunk by chunk"
     assert fake.requests[0].json["input"][0]["content"][0]["text"] == "Count"
+
+
+def test_the_admin_plugin_adds_keys_rpc_and_admin_token(make_proxy):
+    """"The admin plugin adds the `keys` commands above ..., `rpc` and `admin-token`" (CLI): off,
+    they are gone; the core's own commands stay."""
+    on = make_proxy(accounts=0, key=False, start=False)
+    off = make_proxy({"plugins": {"admin": {"enabled": False}}}, accounts=0, key=False, start=False, name="off")
+    for command in (("keys", "list"), ("rpc", "health"), ("admin-token",)):
+        assert on.cli(*command).returncode == 0
+        refused = off.cli(*command)
+        assert refused.returncode == 2 and "invalid choice" in refused.stderr and "Traceback" not in refused.stderr
+    assert off.cli("plugins", check=True).stdout and off.cli("accounts", "list", check=True).stdout

@@ -6,6 +6,7 @@
     rpc.py      JSON-RPC 2.0 over every plugin's methods methods.py the core methods (keys, logs...)
     session.py  sessions, one-time links, CSRF, origin   metrics.py counters and /metrics
     charts.py   inline-SVG chart geometry                history.py usage.history (the charts' series)
+    cli.py      the keys, rpc and admin-token commands
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from codexproxy.config import PluginConfig
 from codexproxy.exchange import LocalResponse, Route
 
 from . import methods, metrics, rpc, web
+from .cli import register as register_commands
 from .session import sessions as _sessions
 
 
@@ -34,8 +36,8 @@ def _metrics(app) -> metrics.Metrics:
     return app.plugin_state("admin.metrics", metrics.Metrics)
 
 
-def _local(name: str, handler) -> Route:
-    return Route(kind="local", protocol="none", needs_key=False, handler=handler, name=name)
+def _local(name: str, handler, logged: bool = True) -> Route:
+    return Route(kind="local", protocol="none", needs_key=False, handler=handler, name=name, logged=logged)
 
 
 @hookimpl
@@ -47,14 +49,19 @@ def codexproxy_startup(app):
 def codexproxy_route(app, exchange):
     path = exchange.path
     if path == "/status" or path.startswith("/status/"):
-        return _local("status", lambda app, ex: web.handle(app, ex, _sessions(app)))
+        return _local("status", lambda app, ex: web.handle(app, ex, _sessions(app)), logged=False)
     if path == "/rpc":
         return _local("rpc", rpc.handle)
     if path == "/metrics":
-        return _local("metrics", lambda app, ex: metrics.handle(app, ex, _metrics(app)))
+        return _local("metrics", lambda app, ex: metrics.handle(app, ex, _metrics(app)), logged=False)
     if path == "/" and exchange.method == "GET" and "text/html" in exchange.headers.get("accept", ""):
-        return _local("status", lambda app, ex: LocalResponse(303, b"", {"location": "/status"}))  # a browser at the base URL
+        return _local("status", lambda app, ex: LocalResponse(303, b"", {"location": "/status"}), logged=False)  # a browser at the base URL
     return None
+
+
+@hookimpl
+def codexproxy_cli_commands(cli):
+    register_commands(cli)  # keys, rpc, admin-token (cli.py)
 
 
 @hookimpl

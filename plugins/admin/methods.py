@@ -1,6 +1,7 @@
 """The admin API's own methods (keys.*, logs.*, usage.history, plugins.list, health, jobs.*)
-and the checks of their parameters. The status page's forms call these same functions, so a
-form and an RPC call can never disagree about what is valid.
+and the checks of their parameters. The status page's forms and the `keys` commands (cli.py)
+call these same functions, so a form, a command and an RPC call can never disagree about what
+is valid.
 
 Every method is `func(app, params) -> JSON value`. Bad input raises `BadParams` (JSON-RPC
 -32602, HTTP 400, an error box on the page) before anything is changed; a missing record
@@ -9,10 +10,9 @@ raises `NotFound`.
 
 from __future__ import annotations
 
-import time
 from typing import Any, Callable
 
-from codexproxy import __version__
+from codexproxy.builtin import health_report
 from codexproxy.expiry import parse_expiry
 from codexproxy.logstore import compile_query, key_stats
 from codexproxy.models import EFFORTS
@@ -214,16 +214,7 @@ def plugins_list(app, params) -> list[dict[str, Any]]:
 
 def health(app, params) -> dict[str, Any]:
     expect(params, ())
-    now = time.time()
-    accounts = app.accounts.all()
-    statuses: dict[str, int] = {}
-    for account in accounts:
-        status = account.effective_status(now)
-        statuses[status] = statuses.get(status, 0) + 1
-    return {"status": "ok", "version": __version__, "uptime_s": round(now - app.started_at, 1), "running": app.running,
-            "accounts": len(accounts), "accounts_available": sum(1 for a in accounts if a.is_available(now)),
-            "accounts_by_status": statuses, "keys": len(app.keys.all()),
-            "jobs": {name: info.get("ok") for name, info in app.jobs.last_run.items()}}
+    return health_report(app, detailed=True)
 
 
 def jobs_list(app, params) -> list[dict[str, Any]]:
