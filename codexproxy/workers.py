@@ -8,6 +8,8 @@ inherited file descriptor. Why not let each worker bind its own (the plain SO_RE
   that socket stays open in the supervisor and the worker started in its place serves them;
 - port 0 (any free port) must be one port for all, which only a single binder can pick;
 - a bind failure is one line, before any worker starts.
+The price: while a killed worker's replacement starts (seconds), the new connections Linux hands
+its socket wait in that socket's queue for it instead of going to another worker.
 Why not one socket shared by all: every worker would wake for each connection and the first to
 accept takes a whole burst (asyncio accepts up to 100 per wake-up), so load would not spread.
 
@@ -54,7 +56,6 @@ POLL_S = 0.1
 class WorkerSeat:
     """What a worker process got from its supervisor."""
 
-    index: int
     sockets: list[socket.socket]
     ready_fd: int
 
@@ -81,7 +82,7 @@ def this_worker() -> WorkerSeat | None:
     if os.getppid() != info["supervisor"]:  # it died before the line above took effect
         raise SystemExit(0)
     sockets = [socket.socket(fileno=fd) for fd in info["fds"]]
-    return WorkerSeat(index=info["index"], sockets=sockets, ready_fd=info["ready_fd"])
+    return WorkerSeat(sockets=sockets, ready_fd=info["ready_fd"])
 
 
 def listen_on(sockets: list[socket.socket]) -> None:
@@ -173,7 +174,7 @@ class Worker:
     def start(self, argv: list[str]) -> None:
         read_fd, write_fd = os.pipe()
         fds = [sock.fileno() for sock in self.sockets]
-        seat = {"index": self.index, "fds": fds, "ready_fd": write_fd, "supervisor": os.getpid()}
+        seat = {"fds": fds, "ready_fd": write_fd, "supervisor": os.getpid()}
         try:
             # Its own process group: Ctrl-C reaches the supervisor only, which stops the workers in order.
             self.process = subprocess.Popen(argv, env={**os.environ, WORKER_ENV: json.dumps(seat)},

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,8 @@ from tests.conftest import RESPONSES_BODY, wait_for
 from tests.rawhttp import address
 from tests.redis_server import redis_server, redis_url  # noqa: F401 (fixtures)
 
-pytestmark = pytest.mark.slow
+# /proc and SO_REUSEPORT's spreading are Linux's (CI runs Linux: never skipped there).
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")]
 
 
 def two_workers(redis_url: str) -> dict:
