@@ -62,22 +62,12 @@ def cmd_plugins(app: App, args: argparse.Namespace) -> int:
 
 
 def cmd_codex_config(app: App, args: argparse.Namespace) -> int:
-    host = app.config.server.host
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
-    base = f"http://{host}:{app.config.server.port}"
-    key = args.key or "<your platform key: codexproxy keys create NAME>"
-    print(f"""# ~/.codex/config.toml
-model_provider = "codexproxy"
+    from .codexconfig import codex_config_text, proxy_url
 
-[model_providers.codexproxy]
-name = "codexproxy"
-base_url = "{base}/v1"
-env_key = "CODEXPROXY_API_KEY"
-wire_api = "responses"
-
-# and in your shell:
-export CODEXPROXY_API_KEY={key}""")
+    try:  # WebSockets and remote compaction through the proxy: codexconfig.py says why each line
+        print(codex_config_text(proxy_url(app), args.key), end="")
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
     return 0
 
 

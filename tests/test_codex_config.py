@@ -1,9 +1,11 @@
-"""The Codex CLI configuration codexproxy recommends (codexproxy/codexconfig.py), driven with
-the real Codex CLI 0.169: remote compaction through the proxy under the provider name "OpenAI"."""
+"""`codexproxy codex-config` prints a config.toml block that the real Codex CLI (0.169) uses as it
+is: through the proxy, over WebSockets, compacting remotely on a pool account under the provider
+name "OpenAI" (codexproxy/codexconfig.py has what Codex requires for each)."""
 
 from __future__ import annotations
 
 import json
+import tomllib
 
 import pytest
 
@@ -52,3 +54,52 @@ def test_codex_compacts_remotely_through_the_proxy_when_its_provider_is_named_op
     assert "Compacted and done" in result.stdout
     assert_compacted_remotely(fake, "compact-http-ok")
     assert all(row["status"] == 200 for row in proxy.cli_json("logs"))
+
+
+# --- `codexproxy codex-config`: the block, printed and used as it is ------------------------------
+
+SHELL_FLAGS = ("--sandbox", "danger-full-access", "-c", "approval_policy=never")
+
+
+def printed_block(proxy, *args: str) -> str:
+    return proxy.cli("codex-config", *args, check=True).stdout
+
+
+def test_the_printed_block_is_toml_naming_the_running_proxy(proxy):
+    out = printed_block(proxy, "--key", proxy.key)
+    parsed = tomllib.loads(out)  # all of it: the hints are comments
+    assert parsed["model_provider"] == "codexproxy"
+    assert parsed["model_providers"]["codexproxy"] == {
+        "name": "OpenAI", "base_url": f"{proxy.url}/v1", "env_key": "CODEXPROXY_API_KEY",
+        "wire_api": "responses", "supports_websockets": True}
+    assert f"# export CODEXPROXY_API_KEY={proxy.key}" in out.splitlines()
+
+
+def test_with_no_proxy_running_the_block_names_the_configured_address(make_proxy):
+    proxy = make_proxy({"server": {"host": "0.0.0.0", "port": 48999}}, start=False, accounts=0, key=False)
+    parsed = tomllib.loads(printed_block(proxy))
+    assert parsed["model_providers"]["codexproxy"]["base_url"] == "http://127.0.0.1:48999/v1"
+
+
+def test_a_key_that_cannot_go_in_the_block_is_refused_in_one_line(make_proxy):
+    proxy = make_proxy(start=False, accounts=0, key=False)
+    result = proxy.cli("codex-config", "--key", "two\nlines")
+    assert result.returncode == 2 and result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1 and "--key" in result.stderr
+
+
+def test_codex_uses_the_printed_block_as_its_config_over_websocket_compacting_remotely(proxy, fake, tmp_path):
+    acct = proxy.fake_accounts[0]
+    tool_then_compaction(fake, acct, "compact-ws-ok")
+    home = tmp_path / "codex-home"
+    home.mkdir()
+    (home / "config.toml").write_text(printed_block(proxy, "--key", proxy.key))
+    result = codex_exec(tmp_path, "-m", "gpt-5-codex", "-c", f"model_auto_compact_token_limit={COMPACT_LIMIT}",
+                        *SHELL_FLAGS, "run echo", env={"CODEXPROXY_API_KEY": proxy.key})
+    shown = result.stdout + result.stderr
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Reconnecting" not in shown and "Falling back" not in shown, result.stderr[-3000:]
+    assert "Compacted and done" in result.stdout
+    assert_compacted_remotely(fake, "compact-ws-ok")
+    rows = proxy.cli_json("logs")
+    assert rows and all(row.get("transport") == "websocket" and row["status"] == 200 for row in rows), rows
