@@ -1,7 +1,8 @@
 """`server.workers: 2` on Redis, run as a user runs it (`codexproxy run`): one port served by two
 worker processes, each a full proxy; a worker killed with -9 is replaced and service goes on;
-SIGTERM or SIGINT to the supervisor stops them all cleanly, and one that keeps dying stops the
-proxy; without a shared state, or on a port already served, `codexproxy run` is refused in one line.
+SIGTERM or SIGINT to the supervisor stops them all cleanly (and its death by -9 stops them too);
+one that keeps dying stops the proxy; without a shared state, or on a port already served,
+`codexproxy run` is refused in one line.
 
 Which worker served a connection is read from the operating system, not from the proxy: the
 worker whose file descriptors hold the server end of that TCP connection (/proc, Linux)."""
@@ -126,6 +127,13 @@ def test_a_worker_killed_with_sigkill_is_replaced_and_service_continues(make_pro
     assert serve_many(proxy, [replacement, survivor]) == {replacement, survivor}
     assert proxy.stop(signal.SIGINT) == 0  # Ctrl-C: only the supervisor gets it (workers have their own group)
     assert not any(alive(pid) for pid in (replacement, survivor))
+
+
+def test_workers_stop_when_their_supervisor_is_killed(make_proxy, fake, redis_url):
+    proxy = make_proxy(two_workers(redis_url), accounts=0, key=False)
+    workers = run_info(proxy)["workers"]
+    assert proxy.stop(signal.SIGKILL) == -signal.SIGKILL
+    wait_for(lambda: not any(alive(pid) for pid in workers), timeout=30, what="the orphaned workers to stop")
 
 
 def test_a_worker_that_keeps_dying_stops_the_proxy_after_five_restarts(make_proxy, fake, redis_url):
