@@ -5,8 +5,10 @@
     .venv/bin/python bench/run.py --profile  # also: py-spy over codexproxy under load, top frames
     .venv/bin/python bench/run.py --no-litellm
     .venv/bin/python bench/run.py --quick --no-litellm --latency-only   # the latency lines only (~1 min)
+    .venv/bin/python bench/run.py --quick --no-litellm --only websocket # the WebSocket lines only (~1 min)
 
-Every baseline is started here: the fake upstream in its own process (the direct path), bare
+Every baseline is started here: the fake upstream in its own process (the direct path, and a
+plain WebSocket server sending the same events, the WebSocket lines' floor), bare
 mitmdump in reverse mode with the 4-line SSE streaming addon, LiteLLM proxy (own venv), and
 codexproxy itself; for the TLS line also nginx with TLS in front of the fake (the test-suite's
 strict upstream) and a second mitmdump and codexproxy pointed at it. Rounds are interleaved (each round visits every target in turn) and the
