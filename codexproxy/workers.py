@@ -56,6 +56,7 @@ POLL_S = 0.1
 class WorkerSeat:
     """What a worker process got from its supervisor."""
 
+    index: int
     sockets: list[socket.socket]
     ready_fd: int
 
@@ -82,7 +83,26 @@ def this_worker() -> WorkerSeat | None:
     if os.getppid() != info["supervisor"]:  # it died before the line above took effect
         raise SystemExit(0)
     sockets = [socket.socket(fileno=fd) for fd in info["fds"]]
-    return WorkerSeat(sockets=sockets, ready_fd=info["ready_fd"])
+    _name_worker_in_log_lines(info["index"])
+    return WorkerSeat(index=info["index"], sockets=sockets, ready_fd=info["ready_fd"])
+
+
+class _WorkerName(logging.Filter):
+    """Every worker writes to the supervisor's stderr: its lines name it ("codexproxy[worker 2]: ...")."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.suffix = f"[worker {index}]"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.endswith(self.suffix):
+            record.name += self.suffix
+        return True
+
+
+def _name_worker_in_log_lines(index: int) -> None:
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_WorkerName(index))
 
 
 def listen_on(sockets: list[socket.socket]) -> None:
@@ -174,7 +194,7 @@ class Worker:
     def start(self, argv: list[str]) -> None:
         read_fd, write_fd = os.pipe()
         fds = [sock.fileno() for sock in self.sockets]
-        seat = {"fds": fds, "ready_fd": write_fd, "supervisor": os.getpid()}
+        seat = {"index": self.index, "fds": fds, "ready_fd": write_fd, "supervisor": os.getpid()}
         try:
             # Its own process group: Ctrl-C reaches the supervisor only, which stops the workers in order.
             self.process = subprocess.Popen(argv, env={**os.environ, WORKER_ENV: json.dumps(seat)},

@@ -113,6 +113,8 @@ def test_two_workers_serve_one_port_each_a_full_proxy_and_stop_together_on_sigte
     assert not any(alive(pid) for pid in workers)
     assert not (proxy.data_dir / "run.json").exists()
     assert not any("did not stop in time" in line or "stopped (" in line for line in proxy.output)
+    assert sum(line.endswith("codexproxy[worker 1]: stopping: draining in-flight requests") for line in proxy.output) == 1
+    assert sum(line.endswith("codexproxy[worker 2]: stopping: draining in-flight requests") for line in proxy.output) == 1
     # The autouse check of conftest.py fails the test on a traceback or "has crashed" in the output.
 
 
