@@ -181,11 +181,14 @@ class WebSocketGateway:
             if sock.worker is not None:
                 sock.worker.cancel()  # the client went away: its turn (and upstream request) ends
 
-    def _send(self, flow: http.HTTPFlow, payload: str | dict) -> None:
-        text = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
+    def _send(self, flow: http.HTTPFlow, *payloads: str | dict) -> None:
+        """Messages to the client, in order; all of one call go in one injected event (one task
+        and one pass through mitmproxy's layers, not one per message)."""
+        texts = [p if isinstance(p, str) else json.dumps(p, ensure_ascii=False) for p in payloads]
+        if not texts:
+            return
         try:
-            self.proxyserver.inject_event(ws_layers.WebSocketMessageInjected(
-                flow, _message(text)))
+            self.proxyserver.inject_event(Outgoing(flow, _message(texts[0]), texts))
         except ValueError:
             raise asyncio.CancelledError from None  # the connection is gone
 
@@ -274,8 +277,8 @@ class WebSocketGateway:
         response = {"id": f"resp_prewarm_{uuid.uuid4().hex}", "object": "response", "created_at": int(time.time()),
                     "status": "completed", "model": body.get("model"), "output": [],
                     "usage": {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}}
-        self._send(flow, {"type": "response.created", "response": {**response, "status": "in_progress"}})
-        self._send(flow, {"type": "response.completed", "response": response})
+        self._send(flow, {"type": "response.created", "response": {**response, "status": "in_progress"}},
+                   {"type": "response.completed", "response": response})
         sock.last_input = body.get("input") if isinstance(body.get("input"), list) else []
         sock.last_output, sock.last_response_id = [], response["id"]
 
@@ -296,6 +299,7 @@ class WebSocketGateway:
         an answer, or None when the turn is over) and a transport error to log."""
         released = False
         session = None
+        out = _Outbox(self, flow)
         try:
             async with self.client.stream("POST", call.url, headers=call.headers, content=call.body) as resp:
                 headers = _header_dict(resp.headers)
@@ -307,7 +311,6 @@ class WebSocketGateway:
                     return await self.pipeline.failed(ex, body=body), None
                 session = self.pipeline.open_stream(ex, resp.status_code, headers)
                 hold, held = HoldWatch(), []
-                out = _Outbox(self, flow, sock)
                 async for chunk in resp.aiter_raw():
                     if not released:
                         held.append(chunk)
@@ -323,14 +326,14 @@ class WebSocketGateway:
                     if isinstance(verdict, GatewayError):
                         return await self.pipeline.failed(ex, stream_failure=verdict), None
                     out.send(session.feed(b"".join(held)))
-                out.send(session.finish())
+                out.send(session.finish(), final=True)
                 sock.turn_output, sock.turn_response_id = out.items, out.response_id
                 return None, None
         except httpx.TransportError as exc:
             reason = f"{type(exc).__name__}: {exc}".rstrip(": ")
             if not released:
                 return await self.pipeline.failed(ex, transport_error=reason), None
-            _Outbox(self, flow, sock).send(session.finish(stream_cut_error(reason)) if session else b"")
+            out.send(session.finish(stream_cut_error(reason)) if session else b"", final=True)
             return None, reason
 
 
@@ -338,21 +341,32 @@ class _Outbox:
     """A turn's client side: SSE bytes from the session, one message per event; it also keeps
     the turn's output items and response id for the next turn's `previous_response_id`."""
 
-    def __init__(self, gateway: WebSocketGateway, flow: http.HTTPFlow, sock: Socket) -> None:
+    def __init__(self, gateway: WebSocketGateway, flow: http.HTTPFlow) -> None:
         self.gateway, self.flow = gateway, flow
         self.parser = sse.SSEParser()
         self.items: list = []
         self.response_id: str | None = None
 
-    def send(self, raw: bytes) -> None:
-        for event in self.parser.feed(raw) + (self.parser.flush() if raw else []):
+    def send(self, raw: bytes, final: bool = False) -> None:
+        """Only whole events go out: one split across upstream chunks waits for its end (the
+        parser is flushed at the end of the turn only)."""
+        events = self.parser.feed(raw) + (self.parser.flush() if final else [])
+        for event in events:
             payload = event.json()
             if isinstance(payload, dict):
                 if payload.get("type") == "response.output_item.done" and isinstance(payload.get("item"), dict):
                     self.items.append(payload["item"])
                 elif payload.get("type") in ("response.created", "response.completed") and isinstance(payload.get("response"), dict):
                     self.response_id = payload["response"].get("id") or self.response_id
-            self.gateway._send(self.flow, event.data)
+        self.gateway._send(self.flow, *(event.data for event in events))
+
+
+class Outgoing(ws_layers.WebSocketMessageInjected):
+    """Our messages to a client socket, several per event (GatewaySocketLayer frames them)."""
+
+    def __init__(self, flow: http.HTTPFlow, first: WebSocketMessage, texts: list[str]) -> None:
+        super().__init__(flow, first)
+        self.texts = texts
 
 
 def _message(text: str) -> WebSocketMessage:
@@ -397,10 +411,14 @@ class GatewaySocketLayer(ws_layers.WebsocketLayer):
     here, a close closes the client side, and injected messages go to the client."""
 
     def relay_messages(self, event: events.Event):
-        if isinstance(event, ws_layers.WebSocketMessageInjected):  # ours, to the client: sent, not recorded
-            for frame in ws_layers.Fragmentizer([], event.message.type == Opcode.TEXT)(event.message.content):
-                yield self.client_ws.send2(frame)
+        if isinstance(event, Outgoing):  # ours, to the client: sent, not recorded
+            for text in event.texts:
+                # One frame per message: mitmproxy's Fragmentizer cuts text at byte counts and
+                # would break a multi-byte character at a fragment's edge.
+                yield self.client_ws.send2(wsproto.events.TextMessage(text))
             return
+        if isinstance(event, ws_layers.WebSocketMessageInjected):
+            return  # only the gateway speaks on its sockets
         if not (isinstance(event, events.ConnectionEvent) and event.connection == self.context.client):
             return  # there is no upstream connection to hear from
         self.client_ws.receive_data(event.data if isinstance(event, events.DataReceived) else None)

@@ -112,7 +112,8 @@ def _b(kind: str, **params) -> Behaviour:
 class B:
     """Behaviour constructors. Options every behaviour takes: first_delay (seconds before the status
     line), headers (extra response headers). Stream options: rate_limits=True (a codex.rate_limits event
-    first), model, usage (dict merged into response.usage), delay (between events), delta_delay."""
+    first), model, usage (dict merged into response.usage), delay (between events), delta_delay,
+    split (seconds: each event sent in two pieces cut inside its data line, that long apart)."""
     ok = staticmethod(lambda text="Hello", deltas=3, delay=0.0, empty_output=False, **o:
                       _b("ok", text=text, deltas=deltas, delay=delay, empty_output=empty_output, **o))
     slow = staticmethod(lambda delay=0.5, text="Hello", deltas=3, **o:
@@ -806,7 +807,14 @@ class FakeUpstream(_ServerBase):
             wait += p.get("delta_delay", 0) if name.endswith("_text.delta") else 0
             if wait and self._stopping.wait(wait):
                 return h.abort()
-            h.chunk(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
+            frame = f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+            if p.get("split"):  # each event in two pieces, cut inside its data line, as TCP/TLS may deliver it
+                cut = frame.index(b"data: ") + 8
+                h.chunk(frame[:cut])
+                if self._stopping.wait(p["split"]):
+                    return h.abort()
+                frame = frame[cut:]
+            h.chunk(frame)
         if kind == "cut":
             return h.abort(p.get("rst", False))
         h.wfile.write(b"0\r\n\r\n")

@@ -249,3 +249,13 @@ def test_remote_compaction_goes_through_the_socket_with_its_beta_header(proxy, f
     seen = fake.requests[-1]
     assert seen.json["input"][-1] == {"type": "compaction_trigger"}
     assert seen.headers.get("x-codex-beta-features") == "remote_compaction_v2"
+
+
+def test_an_event_split_across_upstream_chunks_arrives_whole(proxy, fake):
+    # TCP and TLS deliver an event in pieces at any byte: each message is one whole event.
+    fake.set_default(proxy.fake_accounts[0], B.ok(text="Hello there", split=0.05))
+    with open_socket(proxy) as ws:
+        events = turn(ws, body())
+    assert [e["type"] for e in events][0] == "response.created" and events[-1]["type"] == "response.completed"
+    assert text_of(events) == "Hello there"
+    assert all(isinstance(e, dict) and e.get("type") for e in events)
