@@ -192,6 +192,7 @@ class Worker:
         self._ready_pipe = -1
 
     def start(self, argv: list[str]) -> None:
+        self._close_pipe()  # the one of a worker that died before it served
         read_fd, write_fd = os.pipe()
         fds = [sock.fileno() for sock in self.sockets]
         seat = {"index": self.index, "fds": fds, "ready_fd": write_fd, "supervisor": os.getpid()}
