@@ -45,9 +45,9 @@ def read_turn(ws, timeout: float = 20) -> list[dict]:
             return events
 
 
-def turn(ws, message: dict | str) -> list[dict]:
+def turn(ws, message: dict | str, timeout: float = 20) -> list[dict]:
     ws.send(message if isinstance(message, str) else json.dumps(message))
-    return read_turn(ws)
+    return read_turn(ws, timeout)
 
 
 def text_of(events: list[dict]) -> str:
@@ -187,6 +187,22 @@ def test_a_client_going_away_mid_turn_leaves_the_proxy_serving(proxy, fake):
     assert "disconnected" in (gone["error"] or "") and gone["attempts"][0]["ms"] < 2500, gone
     with proxy.client() as client:  # and HTTP still works
         assert client.get("/v1/models", headers=proxy.auth).status_code == 200
+
+
+def test_a_broken_upstream_ends_the_turn_with_a_failure_never_a_hang(proxy, fake):
+    acct = proxy.fake_accounts[0]
+    fake.script(acct, B.cut(after_events=5, deltas=3),  # cut after the first output went out
+                B.hang(seconds=30))  # then no answer at all (the idle timeout is 5 s)
+    fake.set_default(acct, B.ok(text="recovered"))
+    with open_socket(proxy) as ws:
+        cut = turn(ws, body("one"))
+        assert "response.output_text.delta" in [e["type"] for e in cut]
+        assert cut[-1]["type"] in ("response.failed", "error"), cut[-1]
+        started = time.monotonic()
+        hung = turn(ws, body("two"), timeout=25)  # failed, or retried on the account: ended either way
+        assert time.monotonic() - started < 20
+        assert hung[-1]["type"] in ("response.failed", "error") or text_of(hung) == "recovered", hung[-1]
+        assert text_of(turn(ws, body("three"))) == "recovered"  # and the socket goes on
 
 
 def test_the_socket_closes_cleanly_when_the_client_closes_it(proxy, fake):
