@@ -1,8 +1,8 @@
 """`server.workers: 2` on Redis, run as a user runs it (`codexproxy run`): one port served by two
-worker processes, each a full proxy; a worker killed with -9 is replaced and service goes on;
-SIGTERM or SIGINT to the supervisor stops them all cleanly (and its death by -9 stops them too);
-one that keeps dying stops the proxy; without a shared state, or on a port already served,
-`codexproxy run` is refused in one line.
+worker processes, each a full proxy, whose background jobs run once for the pool; a worker killed
+with -9 is replaced and service goes on; SIGTERM or SIGINT to the supervisor stops them all
+cleanly (and its death by -9 stops them too); one that keeps dying stops the proxy; without a
+shared state, or on a port already served, `codexproxy run` is refused in one line.
 
 Which worker served a connection is read from the operating system, not from the proxy: the
 worker whose file descriptors hold the server end of that TCP connection (/proc, Linux)."""
@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,7 @@ def serve_many(proxy, pids: list[int], count: int = 16) -> set[int]:
 
 def test_two_workers_serve_one_port_each_a_full_proxy_and_stop_together_on_sigterm(make_proxy, fake, redis_url):
     proxy = make_proxy(two_workers(redis_url), accounts=1)
+    ready_at = time.time()
     info = run_info(proxy)
     assert info["pid"] == proxy.pid and info["url"] == proxy.url  # CLI commands find the supervisor
     workers = info["workers"]
@@ -107,6 +109,11 @@ def test_two_workers_serve_one_port_each_a_full_proxy_and_stop_together_on_sigte
     # all landing on one of two workers would happen once in 2**15 runs.
     assert serve_many(proxy, workers) == set(workers)
     assert len(proxy.cli_json("accounts", "list")) == 1
+    # Each worker's jobs make a first pass 0.5-2 s after it serves; a job's turn is claimed in the
+    # shared state, so the pool's one account was polled once and the model list fetched once.
+    time.sleep(max(0.0, ready_at + 2.5 - time.time()))
+    job_calls = [r.path for r in fake.all_requests if r.path in ("/backend-api/wham/usage", "/backend-api/codex/models")]
+    assert sorted(job_calls) == ["/backend-api/codex/models", "/backend-api/wham/usage"]
     rows = proxy.cli_json("logs", "--limit", "100")  # both workers append to the one data dir's log
     assert len(rows) == 16 and all(row["status"] == 200 for row in rows), rows
     assert proxy.stop(signal.SIGTERM) == 0
