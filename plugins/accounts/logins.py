@@ -1,6 +1,6 @@
 """Pending logins: started by one process (CLI, or the proxy for the status page), completed
 by whichever sees the callback. They live in the state collection `pending_logins`, expire
-after oauth.pending_login_ttl_s (the record stays as long again, so its outcome can be asked),
+after oauth.pending_login_ttl_s (the record stays as long again, at least 10 minutes, so its outcome can be asked),
 and are single-use: completing one first claims it with an atomic update (pending ->
 exchanging), so two completions of the same callback cannot both reach the issuer.
 """
@@ -29,6 +29,9 @@ class LoginError(Exception):
     """A login problem worded for the user, in one line."""
 
 
+KEPT_AFTER_EXPIRY_S = 600.0
+
+
 def _logins(app: Any) -> Any:
     return app.state.collection(PENDING)
 
@@ -38,8 +41,10 @@ def public(rec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _insert(app: Any, rec: dict[str, Any]) -> dict[str, Any]:
-    ttl = app.config.oauth.pending_login_ttl_s
-    return _logins(app).put(rec, ttl=rec["expires_at"] - time.time() + ttl)  # kept a while for the status
+    # Kept a while after it expires (at least 10 minutes), so its status can be asked and a late
+    # callback is told "expired" rather than "unknown".
+    keep = max(app.config.oauth.pending_login_ttl_s, KEPT_AFTER_EXPIRY_S)
+    return _logins(app).put(rec, ttl=rec["expires_at"] - time.time() + keep)
 
 
 def _new(app: Any, kind: str, meta: dict[str, Any]) -> dict[str, Any]:
