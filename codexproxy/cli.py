@@ -19,6 +19,7 @@ from typing import Any, Callable
 from . import __version__
 from .app import App
 from .config import ConfigError, load_config
+from .exchange import GatewayError
 
 EXIT_USAGE = 2
 
@@ -179,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(app, args) or 0)
     except (CLIError, ConfigError) as exc:
         print(str(exc).splitlines()[0] if str(exc) else "error", file=sys.stderr)
+        return EXIT_USAGE
+    except GatewayError as exc:  # what a request would be answered with, e.g. the shared state (Redis) unreachable
+        print(exc.message.splitlines()[0] if exc.message else "error", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130

@@ -242,3 +242,19 @@ def test_the_config_picks_the_redis_backend(tmp_path, redis_url):
     state = open_state(config, Store(tmp_path / "store.json"))
     assert isinstance(state, RedisState) and state.incr("picked") == 1
     state.close()
+
+
+@pytest.mark.parametrize("command", [["accounts", "list"], ["run", "--port", "0"]])
+def test_the_cli_and_run_with_redis_unreachable_say_so_in_one_line(tmp_path, command):
+    from tests.conftest import closed_port
+
+    port = closed_port()
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"storage": {"path": str(tmp_path / "data" / "db.json")},
+                                    "state": {"backend": "redis", "redis_url": f"redis://:pw-secret@127.0.0.1:{port}/0"}}))
+    result = subprocess.run([PYTHON, "-m", "codexproxy", *command, "-c", str(path)], capture_output=True, text=True,
+                            timeout=60, env=clean_env())
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"The gateway's shared state is unavailable (Redis at 127.0.0.1:{port}: Error 111 connecting to 127.0.0.1:{port}. "
+        "Connection refused.); retry in a few seconds."]
