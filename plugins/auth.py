@@ -63,9 +63,15 @@ class DailyTokens:
         self.seeding = False
         self.live_ids: set[str] = set()  # rows counted by _on_row while the seed reads
         self.seeded_ids: set[str] = set()  # the newest rows the seed counted (their _on_row may follow)
+        self.seeded = threading.Event()  # set once today's log has been read (or needed no reading)
         app.logs.on_append(self._on_row)
         if self.state.add(COUNTING_KEY, True):
-            self._seed(app.logs)
+            # In the background: today's log can be 100k rows (seconds of reading), and start-up
+            # must not wait for them. Until it is read, a key's count is today's live part only.
+            self.seeding = True
+            threading.Thread(target=self._seed, args=(app.logs,), name="codexproxy-daily-tokens", daemon=True).start()
+        else:
+            self.seeded.set()
 
     def _add(self, key_id: str, tokens: int, at: float) -> None:
         day = day_of(at)
@@ -95,6 +101,7 @@ class DailyTokens:
                     self._add(row["key_id"], _row_tokens(row), row.get("time") or time.time())
             self.seeded_ids = {r["id"] for r in rows[:SEEDED_IDS_KEPT] if r.get("id")} - self.live_ids
             self.seeding, self.live_ids = False, set()
+        self.seeded.set()
 
     def today(self, key_id: str) -> int:
         return int(self.state.get(TOKENS_KEY.format(day=day_of(time.time()), key_id=key_id), 0))

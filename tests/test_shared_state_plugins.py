@@ -129,6 +129,7 @@ def test_daily_tokens_add_up_across_proxies_and_a_restart_does_not_count_twice(t
     check_limits(b, key)
     # "one" restarts: its log holds r1, which the shared counter has already.
     again = make_app("one", {"state": {"backend": "redis", "redis_url": redis_url}})
+    assert daily_tokens(again).seeded.wait(10)
     assert daily_tokens(again).today(key.id) == 80
     again.logs.append({"id": "r3", "key_id": key.id, "input_tokens": 20, "output_tokens": 0})
     with pytest.raises(GatewayError) as refused:
@@ -145,6 +146,7 @@ def test_the_embedded_state_reads_todays_tokens_from_the_log_once(make_app):
     app.logs.append({"id": "r1", "key_id": key.id, "input_tokens": 5, "output_tokens": 6, "time": time.time()})
     app.close()
     restarted = make_app("solo")  # same data dir, fresh memory: today's row is read back, once
+    assert daily_tokens(restarted).seeded.wait(10)  # read in the background: start-up does not wait for it
     assert daily_tokens(restarted).today(key.id) == 11
     restarted.logs.append({"id": "r2", "key_id": key.id, "input_tokens": 1, "output_tokens": 0})
     assert daily_tokens(restarted).today(key.id) == 12
