@@ -61,13 +61,28 @@ class App:
         except FileNotFoundError:
             token = ""
         if not token:
-            token = secrets.token_hex(32)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                os.write(fd, (token + "\n").encode())
-            finally:
-                os.close(fd)
+            token = self._create_admin_token(path)
         self._admin_token = token
+        return token
+
+    @staticmethod
+    def _create_admin_token(path: Path) -> str:
+        """Written whole to a temp file, then linked into place: two processes starting at once
+        (workers, the CLI and the proxy) agree on one token, and none reads a half-written file."""
+        token = secrets.token_hex(32)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, (token + "\n").encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)  # fails if another process got there first
+        except FileExistsError:
+            token = path.read_text().strip()
+        finally:
+            tmp.unlink(missing_ok=True)
         return token
 
     def check_admin_token(self, offered: str | None) -> bool:
