@@ -186,3 +186,25 @@ def test_state_migrate_refuses_a_bad_target_in_one_line(make_proxy, target, says
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert result.stderr.startswith(says.format(closed=port)) and "hunter2" not in result.stderr
 
+
+
+def test_fifty_requests_needing_a_refresh_over_both_proxies_refresh_once(make_proxy, fake, redis_url):
+    import concurrent.futures
+
+    from tests.conftest import wait_for
+
+    a = make_proxy(shared(redis_url), accounts=1, name="a")
+    b = make_proxy(shared(redis_url), accounts=0, key=False, name="b")
+    b.key = a.key
+    [acct] = a.fake_accounts
+    # the first usage polls (both proxies' jobs) are done before the token expires
+    wait_for(lambda: all(x.get("usage_updated_at") for x in b.cli_json("accounts", "list")), what="first usage poll")
+    fake.refresh_delay = 1.0  # the first refresh is still in flight while the others ask
+    fake.expire_access_token(acct)
+    with concurrent.futures.ThreadPoolExecutor(50) as pool:
+        answers = list(pool.map(lambda i: post(a if i % 2 else b), range(50)))
+    assert [r.status_code for r in answers] == [200] * 50
+    assert fake.refresh_calls == 1
+    assert not fake.errors and "refresh_token_reused" not in a.log_text() + b.log_text()
+    [stored] = a.cli_json("accounts", "list")
+    assert stored["status"] == "active" and stored["refresh_failures"] == 0

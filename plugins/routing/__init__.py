@@ -313,6 +313,12 @@ def codexproxy_upstream_failed(app, exchange, attempt):
         already = exchange.meta.setdefault("routing_refreshed", [])
         if account_id not in already:
             already.append(account_id)
+            used = getattr(exchange.account, "access_token", None) if getattr(exchange.account, "id", None) == account_id else None
+            if account is not None and used and account.access_token != used:
+                # Refreshed since this attempt left (by a request whose 401 came first, here or
+                # on another proxy): retry with the new token; refreshing again would rotate the
+                # refresh token once more for nothing, and a burst of 401s would do it many times.
+                return Retry(account=account, reason="token refreshed")
             refreshed = app.hook.codexproxy_refresh_account(app=app, account_id=account_id, reason="upstream 401")
             if refreshed is not None and refreshed.access_token:
                 return Retry(account=refreshed, reason="token refreshed")
