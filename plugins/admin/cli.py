@@ -30,15 +30,15 @@ def effort(text: str) -> str:
 
 
 def _call(method: str, app: Any, params: dict[str, Any]) -> Any:
-    """An admin method with the CLI's spelling of its refusals: `--rpm: must be between...`."""
+    """An admin method with the CLI's spelling of its refusals: `--rpm: must be between...`
+    (the option the user typed), else `keys disable: no key matches ...`."""
     try:
         return methods.CORE_METHODS[method](app, params)
     except (methods.BadParams, methods.NotFound) as exc:
-        message = str(exc)
-        field, sep, rest = message.partition(": ")
+        field, sep, rest = str(exc).partition(": ")
         if sep and field.split(".")[0] in OPTIONS:
-            message = f"{OPTIONS[field.split('.')[0]]}: {rest}"
-        raise CLIError(f"keys {method.split('.')[1]}: {message}") from None
+            raise CLIError(f"{OPTIONS[field.split('.')[0]]}: {rest}") from None
+        raise CLIError(f"keys {method.split('.')[1]}: {exc}") from None
 
 
 def _cleared(value: str | None) -> str | None:
