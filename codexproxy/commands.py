@@ -10,14 +10,14 @@ import json
 import logging
 import webbrowser
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import ValidationError
 
 from . import __version__
 from .app import App
 from .cli import PORT, CLIError, CommandRegistry, emit, fmt_time, short_text, table
-from .models import Account
+from .models import Account, AccountStatus
 
 def cmd_run(app: App, args: argparse.Namespace) -> int:
     from .server import StartupError, serve
@@ -149,8 +149,6 @@ def cmd_accounts_list(app: App, args: argparse.Namespace) -> int:
     return 0
 
 
-ACCOUNT_STATUSES = ("active", "cooling", "exhausted_5h", "exhausted_7d", "reauth_required", "disabled")
-
 
 def register(cli: CommandRegistry) -> None:
     p = cli.command(None, "run", "serve the gateway (and the status page) until Ctrl-C")
@@ -174,7 +172,7 @@ def register(cli: CommandRegistry) -> None:
     p = cli.command("accounts", "list", "list accounts with status and usage (never tokens)")
     p.add_argument("--group")
     p.add_argument("--tag")
-    p.add_argument("--status", choices=ACCOUNT_STATUSES)
+    p.add_argument("--status", choices=get_args(AccountStatus))
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_accounts_list)
 
