@@ -206,3 +206,19 @@ def test_wham_usage_through_the_proxy(make_proxy, fake):
     assert 0 < body["rate_limit"]["primary_window"]["reset_after_seconds"] <= 18000
     assert body["credits"]["balance"] == "3"
     assert httpx.post(url, headers=proxy.auth).status_code == 405
+
+
+def test_the_status_page_and_wham_usage_name_the_same_best_account(make_proxy, fake):
+    """One ranking (models.best_account): the most room in the fuller window. The account with
+    the emptier 5h window but a nearly full week is not the best one on either surface."""
+    from tests.adminkit import login, set_usage
+
+    proxy = make_proxy(accounts=2, start=False)
+    set_usage(proxy, fake, 0, primary=10.0, secondary=90.0)
+    set_usage(proxy, fake, 1, primary=30.0, secondary=20.0)
+    proxy.start()
+    body = httpx.get(proxy.url + "/backend-api/wham/usage", headers=proxy.auth, timeout=30).json()
+    assert body["rate_limit"]["primary_window"]["used_percent"] == 30
+    best = login(proxy).get("/status").text.split("Best account now")[1].split("</section>")[0]
+    first, second = (a.email for a in proxy.fake_accounts)
+    assert second in best and first not in best

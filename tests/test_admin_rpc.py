@@ -330,3 +330,13 @@ def test_cli_rpc_answers_the_same_with_or_without_a_running_proxy(make_proxy):
     proxy.start()
     online = answers()
     assert offline == online and all(code == 2 and len(err.strip().splitlines()) == 1 for code, err in online), (offline, online)
+
+
+def test_health_over_http_is_the_admin_apis_health_without_the_admin_fields(proxy):
+    """One health report (builtin.health_report): GET /health tells anyone what the admin API's
+    `health` says about liveness and the pool, and nothing about keys, jobs or statuses."""
+    public = httpx.get(proxy.url + "/health", timeout=30).json()
+    admin = result(proxy, "health")
+    assert set(public) == {"status", "version", "uptime_s", "accounts", "accounts_available"}
+    assert set(admin) - set(public) == {"running", "accounts_by_status", "keys", "jobs"}
+    assert {k: public[k] for k in public if k != "uptime_s"} == {k: admin[k] for k in public if k != "uptime_s"}
