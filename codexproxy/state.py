@@ -20,7 +20,9 @@ Rules for a plugin author:
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
+import re
 import secrets
 import threading
 import time
@@ -157,6 +159,10 @@ def account_inflight_key(account_id: str) -> str:
 _NO_EXPIRY = float("inf")
 
 
+STORE_COLLECTIONS = frozenset({"accounts", "keys"})  # in the store file itself (LocalState)
+COLLECTION_NAME = re.compile(r"[a-z0-9_]+")
+
+
 class _HeldLock:
     def __init__(self, token: str, expires: float, file_lock: NamedLock) -> None:
         self.token = token
@@ -166,8 +172,8 @@ class _HeldLock:
 
 class LocalState:
     """The embedded backend: memory of this process for values, counters, windows, leases and
-    locks (gone at restart, as the proxy's own counters are), TinyDB tables of the store file
-    for collections, and the store's flock named locks so the CLI and the proxy exclude each
+    locks (gone at restart, as the proxy's own counters are), TinyDB files for collections (the
+    store file for accounts and keys, a file beside it for each other one), and the store's flock named locks so the CLI and the proxy exclude each
     other. Expired entries are dropped when touched and by a sweep every `SWEEP_EVERY` writes;
     at most `max_entries` values are kept (the ones closest to expiry go first)."""
 
@@ -182,6 +188,7 @@ class LocalState:
         self._leases: dict[str, dict[str, float]] = {}  # key -> token -> expiry
         self._locks: dict[str, _HeldLock] = {}
         self._collections: dict[str, TinyDBCollection] = {}
+        self._side_stores: dict[str, Store] = {}
         self._writes = 0
 
     # --- values and counters -----------------------------------------------------------------
@@ -367,8 +374,33 @@ class LocalState:
     def collection(self, name: str) -> Collection:
         with self._mu:
             if name not in self._collections:
-                self._collections[name] = TinyDBCollection(self.store, name)
+                self._collections[name] = TinyDBCollection(self._store_of(name), name)
             return self._collections[name]
+
+    def _store_of(self, name: str) -> Store:
+        """The repositories' collections live in the store file itself; every other one in a
+        file of its own beside it (`codexproxy.<name>.json`): each write rewrites its whole
+        file, and usage snapshots (hundreds per account) made every account write ~9x slower
+        when they shared one."""
+        if name in STORE_COLLECTIONS:
+            return self.store
+        if not COLLECTION_NAME.fullmatch(name):
+            raise ValueError(f"collection name {name!r}: use lower-case letters, digits and _")
+        if name not in self._side_stores:
+            path = self.store.path
+            self._side_stores[name] = Store(path.with_name(f"{path.stem}.{name}{path.suffix}"))
+        return self._side_stores[name]
+
+    def collection_names(self) -> list[str]:
+        """Every collection with documents: the store file's, and the files beside it."""
+        path = self.store.path
+        names = {name for name, docs in (self.store.storage.read() or {}).items() if docs and name in STORE_COLLECTIONS}
+        prefix = f"{path.stem}."
+        for side in path.parent.glob(f"{glob.escape(path.stem)}.*{glob.escape(path.suffix)}"):
+            name = side.name[len(prefix):len(side.name) - len(path.suffix)]
+            if COLLECTION_NAME.fullmatch(name) and name not in STORE_COLLECTIONS and self.collection(name).all():
+                names.add(name)
+        return sorted(names)
 
     def close(self) -> None:
         with self._mu:

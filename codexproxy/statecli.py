@@ -28,19 +28,13 @@ TTL_SLACK_S = 5.0  # a copied TTL may be this much shorter than the source's (ti
 
 
 def collection_names(state: Any) -> tuple[list[str], list[str]]:
-    """(the collections in `state`, the store tables skipped because they are not collections)."""
+    """(the collections in `state`, the store file's tables skipped because they are not
+    collections: what older versions kept there)."""
     if isinstance(state, RedisState):
         return state.collection_names(), []
-    data = state.store.storage.read() or {}
-    names, skipped = [], []
-    for name, docs in data.items():
-        if not docs:
-            continue
-        if all(isinstance(d, dict) and isinstance(d.get("id"), str) and d["id"] for d in docs.values()):
-            names.append(name)
-        else:
-            skipped.append(name)
-    return sorted(names), sorted(skipped)
+    names = state.collection_names()
+    skipped = [name for name, docs in (state.store.storage.read() or {}).items() if docs and name not in names]
+    return names, sorted(skipped)
 
 
 def documents(state: Any, name: str) -> list[tuple[dict, float | None]]:
@@ -49,7 +43,7 @@ def documents(state: Any, name: str) -> list[tuple[dict, float | None]]:
         return state.collection(name).all_with_ttl()
     out = []
     at = time.time()
-    for doc in state.store.storage.table_docs(name).values():
+    for doc in state.collection(name).store.storage.table_docs(name).values():
         doc = dict(doc)
         expires = doc.pop(EXPIRES_FIELD, None)
         if expires is not None and expires <= at:

@@ -85,8 +85,9 @@ def test_remove_deletes_the_account_and_its_snapshots(pool, fake):
     first, second = pool.cli_json("accounts", "list")
     assert pool.cli("accounts", "remove", first["id"], check=True).stdout.startswith(f"removed {first['id']}")
     assert [a["id"] for a in pool.cli_json("accounts", "list")] == [second["id"]]
-    store = json.loads(pool.store_path.read_text())
-    assert all(s["account_id"] != first["id"] for s in store.get("usage_snapshots", {}).values())
+    snapshots = pool.store_path.with_name("codexproxy.usage_snapshots.json")  # a collection's own file
+    kept = json.loads(snapshots.read_text())["usage_snapshots"].values()
+    assert kept and all(s["account_id"] != first["id"] for s in kept)
 
 
 def test_export_writes_private_auth_json_that_imports_back(pool, fake, make_proxy, tmp_path):

@@ -351,19 +351,29 @@ def test_a_job_runs_once_per_pool(state_backend):
 
 
 # --- the embedded backend only ------------------------------------------------------------------
-def test_local_collections_are_store_tables_and_expired_docs_are_cleaned(tmp_path: Path):
+def test_local_collections_are_files_beside_the_store_and_expired_docs_are_cleaned(tmp_path: Path):
     store = Store(tmp_path / "store.json")
     state = LocalState(store)
     docs = state.collection("t_docs")
     docs.put({"id": "gone"}, ttl=SHORT)
     docs.put({"id": "kept"})
-    assert {d["id"] for d in store.table("t_docs").all()} == {"gone", "kept"}
-    assert any(EXPIRES_FIELD in d for d in store.table("t_docs").all())
+    # Its own file: writing it never rewrites the store (accounts, keys), nor the other way round.
+    side = Store(tmp_path / "store.t_docs.json")
+    assert {d["id"] for d in side.table("t_docs").all()} == {"gone", "kept"}
+    assert "t_docs" not in (store.storage.read() or {})
+    assert any(EXPIRES_FIELD in d for d in side.table("t_docs").all())
     time.sleep(AFTER)
     docs.put({"id": "other"})
-    assert {d["id"] for d in store.table("t_docs").all()} == {"kept", "other"}
-    # a second process on the same file sees the documents
-    assert {d["id"] for d in LocalState(Store(tmp_path / "store.json")).collection("t_docs").all()} == {"kept", "other"}
+    assert {d["id"] for d in Store(tmp_path / "store.t_docs.json").table("t_docs").all()} == {"kept", "other"}
+    # a second process on the same file sees the documents, and lists the collection
+    again = LocalState(Store(tmp_path / "store.json"))
+    assert {d["id"] for d in again.collection("t_docs").all()} == {"kept", "other"}
+    assert again.collection_names() == ["t_docs"]
+
+
+def test_local_collection_names_must_be_safe_file_names(tmp_path: Path):
+    with pytest.raises(ValueError, match="collection name"):
+        LocalState(Store(tmp_path / "store.json")).collection("../escape")
 
 
 def test_local_repository_over_a_collection_keeps_its_api(tmp_path: Path):
