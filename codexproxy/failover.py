@@ -15,7 +15,9 @@ subclass that can:
   instead of dropping the connection.
 
 It relies on HttpStream internals of mitmproxy 12.3.1 (pinned exactly in pyproject.toml);
-tests/test_failover.py fails loudly if they move. Upstream must stay HTTP/1.1 (HTTP/2 would
+tests/test_failover.py fails loudly if they move. HttpLayer's event handler is wrapped too, so
+that an idle timeout arriving after its exchange ended is dropped rather than asserted on
+(tests/test_accounts_tokens.py: a refresh slower than the idle timeout). Upstream must stay HTTP/1.1 (HTTP/2 would
 reuse stream ids across the re-send).
 """
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from mitmproxy import http
 from mitmproxy.proxy import commands, events
@@ -331,6 +334,31 @@ class FailoverHttpStream(HttpStream):
             yield from self.flow_done()
 
 
+def _stream_of(layer: http_layers.HttpLayer, flow: http.HTTPFlow) -> Any:
+    """The stream an injected message for `flow` would go to, or None when there is none now
+    (HttpLayer's own lookup asserts instead: a connection between two requests has no stream)."""
+    conn = layer.connections.get(flow.server_conn) or layer.connections.get(flow.client_conn)
+    if conn is None:
+        return None
+    stream_id = getattr(conn, "stream_id", None) if isinstance(conn, HttpStream) else \
+        getattr(conn.context.layers[-1], "stream_id", None)
+    return layer.streams.get(stream_id) if stream_id else None
+
+
+_layer_handle_event = http_layers.HttpLayer._handle_event
+
+
+def _handle_event_or_drop_late_idle(self: http_layers.HttpLayer, event: events.Event):
+    """An idle timeout is injected from a watchdog task and reaches the layer a moment later;
+    if the flow's exchange ended meanwhile (its connection is between requests), it is
+    dropped: mitmproxy would assert (and log "has crashed") on it."""
+    if isinstance(event, events.MessageInjected) and isinstance(event.message, IdleTimeout) \
+            and _stream_of(self, event.flow) is None:
+        return
+    yield from _layer_handle_event(self, event)
+
+
 def install() -> None:
     """Make mitmproxy build our stream for every request (call before Master.run())."""
     http_layers.HttpStream = FailoverHttpStream  # HttpLayer.make_stream looks the name up here
+    http_layers.HttpLayer._handle_event = _handle_event_or_drop_late_idle

@@ -172,3 +172,17 @@ def test_refresh_hook_returns_none_on_failure(app, fake):
     assert app.hook.codexproxy_refresh_account(app=app, account_id=account.id, reason="test") is None
     stored = app.accounts.get(account.id)
     assert stored.status == "reauth_required" and "refresh_token_invalidated" in stored.status_reason
+
+
+def test_a_refresh_slower_than_the_idle_timeout_neither_times_out_nor_crashes(make_proxy, fake):
+    # The watchdog measures upstream silence; a token refresh between two attempts is the proxy's
+    # own wait, and the first attempt's connection is between requests meanwhile (an idle timeout
+    # injected there made mitmproxy assert: "has crashed", which conftest fails on).
+    proxy = make_proxy({"upstream": {"stream_idle_timeout_s": 0.5}})
+    acct = proxy.fake_accounts[0]
+    wait_first_poll(proxy)
+    fake.refresh_delay = 2.0
+    fake.expire_access_token(acct)
+    status, events = stream(proxy)
+    assert status == 200 and events[-1][1] == "response.completed"
+    assert fake.refresh_calls == 1
