@@ -163,12 +163,15 @@ class Mitmdump(Service):
 
 class CodexProxy(Service):
     name = "codexproxy"
+    redis = None  # the tests.redis_server.RedisServer its state is on, when bench/run.py put it on Redis
 
-    def __init__(self, workdir: Path, upstream: Upstream, extra: dict | None = None, front=None) -> None:
-        """front: a tests.strict_upstream.NginxFront over `upstream` to go through (TLS, its CA trusted)."""
+    def __init__(self, workdir: Path, upstream: Upstream, extra: dict | None = None, front=None, name: str | None = None) -> None:
+        """front: a tests.strict_upstream.NginxFront over `upstream` to go through (TLS, its CA trusted).
+        extra: config sections merged in (e.g. {"state": {"backend": "redis", ...}}); name: its own
+        directory under `workdir` when several run at once."""
         import yaml
 
-        self.dir = workdir / ("codexproxy-tls" if front else "codexproxy")
+        self.dir = workdir / (name or ("codexproxy-tls" if front else "codexproxy"))
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         url = front.url if front else upstream.url
@@ -203,7 +206,30 @@ class CodexProxy(Service):
         self.proc = subprocess.Popen([PYTHON, "-m", "codexproxy", "run", "-c", str(self.config_path)], stdout=self.log,
                                      stderr=subprocess.STDOUT, cwd=ROOT, env=self.env, start_new_session=True)
         wait_http(f"http://{self.host}:{self.port}/health", 60, self.proc)
+        workers = self.configured_workers()
+        if workers > 1:  # /health answers once the first worker serves; run.json lists them once all do
+            deadline = time.monotonic() + 60
+            while len(self.worker_pids()) < workers:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError(f"codexproxy: {workers} workers did not all start (see {self.dir / 'proxy.log'})")
+                time.sleep(0.1)
         return time.monotonic() - started
+
+    def configured_workers(self) -> int:
+        import yaml
+
+        return int((yaml.safe_load(self.config_path.read_text()).get("server") or {}).get("workers", 1))
+
+    def worker_pids(self) -> list[int]:
+        """The worker processes' pids from the supervisor's run.json (empty with one process)."""
+        try:
+            return list(json.loads((self.store_path.parent / "run.json").read_text()).get("workers") or [])
+        except (OSError, ValueError):
+            return []
+
+    def pids(self) -> list[int]:
+        """Every process serving: the one process, or the supervisor and its workers."""
+        return [self.proc.pid, *self.worker_pids()]
 
     def headers(self, codex: bool = True) -> dict[str, str]:
         h = {"authorization": f"Bearer {self.key}", "content-type": "application/json"}

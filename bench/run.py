@@ -1,17 +1,19 @@
 """codexproxy against its peers, on loopback, in one run: a table of ratios.
 
-    .venv/bin/python bench/run.py            # full run (~5 min; installs LiteLLM once, ~3 min more)
-    .venv/bin/python bench/run.py --quick    # shorter rounds (~2 min)
+    .venv/bin/python bench/run.py            # full run (~8 min; installs LiteLLM once, ~3 min more)
+    .venv/bin/python bench/run.py --quick    # shorter rounds (~4 min)
     .venv/bin/python bench/run.py --profile  # also: py-spy over codexproxy under load, top frames
     .venv/bin/python bench/run.py --no-litellm
     .venv/bin/python bench/run.py --quick --no-litellm --latency-only   # the latency lines only (~1 min)
     .venv/bin/python bench/run.py --quick --no-litellm --only websocket # the WebSocket lines only (~1 min)
+    .venv/bin/python bench/run.py --quick --no-litellm --only workers,redis  # issue 15: workers 2 vs 1, Redis vs TinyDB
 
 Every baseline is started here: the fake upstream in its own process (the direct path, and a
 plain WebSocket server sending the same events, the WebSocket lines' floor), bare
 mitmdump in reverse mode with the 4-line SSE streaming addon, LiteLLM proxy (own venv), and
 codexproxy itself; for the TLS line also nginx with TLS in front of the fake (the test-suite's
-strict upstream) and a second mitmdump and codexproxy pointed at it. Rounds are interleaved (each round visits every target in turn) and the
+strict upstream) and a second mitmdump and codexproxy pointed at it; for the workers and redis
+lines codexproxy on a redis-server of its own (one with server.workers: 2) and one on TinyDB. Rounds are interleaved (each round visits every target in turn) and the
 numbers are medians, so a noisy neighbour hurts all targets alike. See bench/README.md for
 what each line means.
 """
@@ -38,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 from bench import baselines  # noqa: E402
 from bench.baselines import CodexProxy, LiteLLM, Mitmdump, Upstream, rss_mb  # noqa: E402
 from bench.load import Conn, closed_loop, median, percentile, stamps  # noqa: E402
+from bench.scale import CpuShares, StreamsLag, lag_line, many_streams, paired_latency, process_cpu, redis_commands  # noqa: E402
 from bench.upstream import stamped_text  # noqa: E402
 from bench.wsclient import Socket  # noqa: E402
 from bench.wsclient import stamps as ws_stamps  # noqa: E402
@@ -57,12 +60,17 @@ class Sizes:
     converter_cpu_s: float
     ws_rounds: int  # the WebSocket per-event line: rounds x turns of the drip per path
     ws_turns: int
+    scale_rounds: int  # workers: rounds of the throughput and many-streams runs
+    streams: int  # workers: streams open at once
+    redis_requests: int  # redis: requests whose Redis commands are listed (MONITOR)
 
 
 FULL = Sizes(latency_rounds=5, latency_requests=100, tput_rounds=2, tput_seconds=10, event_rounds=4, event_requests=3,
-             growth_requests=20_000, log_rows=100_000, converter_cpu_s=1.0, ws_rounds=6, ws_turns=4)
+             growth_requests=20_000, log_rows=100_000, converter_cpu_s=1.0, ws_rounds=6, ws_turns=4,
+             scale_rounds=2, streams=1000, redis_requests=100)
 QUICK = Sizes(latency_rounds=3, latency_requests=80, tput_rounds=1, tput_seconds=3, event_rounds=2, event_requests=2,
-              growth_requests=5_000, log_rows=100_000, converter_cpu_s=0.3, ws_rounds=4, ws_turns=3)
+              growth_requests=5_000, log_rows=100_000, converter_cpu_s=0.3, ws_rounds=4, ws_turns=3,
+              scale_rounds=1, streams=1000, redis_requests=50)
 
 DRIP_DELAY = 0.02  # seconds between text deltas on the slow stream
 DRIP_COUNT = 20
@@ -366,7 +374,8 @@ def verdict(ok: bool | None) -> str:
     return "-" if ok is None else ("PASS" if ok else "MISS")
 
 
-SECTIONS = ("latency", "throughput", "events", "websocket", "memory", "log", "converters")
+SECTIONS = ("latency", "throughput", "events", "websocket", "memory", "log", "converters", "workers", "redis")
+NEEDS_BASELINES = ("latency", "throughput", "events", "websocket", "memory", "log")  # mitmdump and the default codexproxy
 
 
 @dataclass
@@ -377,8 +386,9 @@ class Run:
     sizes: Sizes
     workdir: Path
     up: Upstream
-    mitm: Mitmdump
-    cp: CodexProxy
+    mitm: Mitmdump | None  # None when no chosen section compares against it (NEEDS_BASELINES)
+    cp: CodexProxy | None
+    services: list = field(default_factory=list)  # everything started, stopped at the end in reverse
     front: NginxFront | None = None
     mitm_tls: Mitmdump | None = None
     cp_tls: CodexProxy | None = None
@@ -743,8 +753,179 @@ async def section_converters(run: Run) -> None:
                        ", ".join(f"{name.split(' ')[0]} {ev / base_ev:.2f}x" for name, ev in conv.items()))
 
 
+# --- 9. several workers, and the Redis backend (issue 15) ---------------------------------------------
+
+def start_redis(run: Run) -> "RedisServer":
+    """A redis-server of its own (tests/redis_server.py: temp dir, free port), stopped at the end."""
+    from tests.redis_server import RedisServer
+
+    server = RedisServer().start()
+    run.services.append(server)  # its stop() ends the process; the temp dir goes with close()
+    return server
+
+
+def redis_proxy(run: Run, name: str, workers: int = 1) -> CodexProxy:
+    """codexproxy on a Redis of its own (so INFO and MONITOR see one proxy's commands)."""
+    server = start_redis(run)
+    extra = {"state": {"backend": "redis", "redis_url": server.url}, **({"server": {"workers": workers}} if workers > 1 else {})}
+    cp = CodexProxy(run.workdir, run.up, extra=extra, name=name)
+    cp.redis = server
+    run.services.append(cp)
+    return cp
+
+
+def redis_unavailable(run: Run, section: str, exc: Exception) -> None:
+    reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:160]
+    log(f"{section}: unavailable: {reason}")
+    run.rows.append((f"{section}: Redis-backed codexproxy", f"unavailable: {reason}", "-", "-"))
+
+
+async def section_workers(run: Run) -> None:
+    """server.workers: 2 against 1, both on Redis: req/s at 50 clients and the per-event lag of
+    many streams open at once, interleaved rounds; which process used how many of the cores."""
+    from tests.redis_server import RedisMissing
+
+    sizes, rows, details, up = run.sizes, run.rows, run.details, run.up
+    log("workers: codexproxy with server.workers 1 and 2, each on a redis-server of its own")
+    try:
+        proxies = {"workers=1": redis_proxy(run, "cp-workers-1"), "workers=2": redis_proxy(run, "cp-workers-2", workers=2)}
+    except (RedisMissing, RuntimeError) as exc:
+        return redis_unavailable(run, "workers", exc)
+
+    def groups(name: str) -> dict[str, list[int]]:
+        cp = proxies[name]
+        workers = cp.worker_pids()
+        serving = {f"worker {i + 1}": [pid] for i, pid in enumerate(workers)} if workers else {"codexproxy": [cp.proc.pid]}
+        return {"client": [os.getpid()], "fake upstream": [up.proc.pid], **serving,
+                **({"supervisor": [cp.proc.pid]} if workers else {}), "redis-server": [cp.redis.process.pid]}
+
+    names = list(proxies)
+    log(f"workers: 50 clients, {sizes.scale_rounds + 1} rounds x {sizes.tput_seconds:g}s per target")
+    rates: dict[str, list[float]] = {n: [] for n in names}
+    shares: dict[str, list[str]] = {n: [] for n in names}
+    for r in range(sizes.scale_rounds + 1):  # two rounds at least: a neighbour's burst in one shows in the details
+        for name in names[r % 2:] + names[:r % 2]:
+            cp = proxies[name]
+            cpu = CpuShares(groups(name))
+            cpu.start()
+            started = time.monotonic()
+            done, errors, _, samples = await closed_loop("127.0.0.1", cp.port, cp.request, 50, sizes.tput_seconds, ok_stream)
+            rates[name].append(done / (time.monotonic() - started))
+            cpu.stop()
+            shares[name].append(cpu.line())
+            if errors:
+                log(f"  {name}: {errors} errors at 50 clients, e.g. {samples[:2]}")
+            await asyncio.sleep(0.5)
+    rps = {n: median(v) for n, v in rates.items()}
+    ratio = rps["workers=2"] / rps["workers=1"]
+    rows.append(("req/s at 50 clients, Redis backend: server.workers 2 / 1", fmt(ratio), "grows as far as the cores allow", "-"))
+    for name in names:
+        details.append(f"workers {name}: {rps[name]:7.1f} req/s at 50 clients (rounds: {', '.join(f'{x:.0f}' for x in rates[name])})")
+        for i, line in enumerate(shares[name]):
+            details.append(f"  cores used, round {i + 1}: {line}")
+
+    # 15 s per stream: opening 1,000 through a proxy took 8-9 s on the shared machine, and only the
+    # events sent while all are open count
+    n, count = sizes.streams, 60
+    log(f"workers: {n} streams open at once (a stamped drip of {count} deltas 0.25 s apart), direct and both proxies")
+    for index in (0, 1):
+        up.default(index, "drip", delay=0.25, count=count, text=stamped_text(count))
+    paths = {"direct": (up.port, up.direct_request), **{name: (cp.port, cp.request) for name, cp in proxies.items()}}
+    lags: dict[str, list] = {p: [] for p in paths}
+    stream_shares: dict[str, list[str]] = {p: [] for p in names}
+    for r in range(sizes.scale_rounds):
+        order = list(paths)[r % 3:] + list(paths)[:r % 3]
+        for name in order:
+            cpu = CpuShares(groups(name) if name in proxies else {"client": [os.getpid()], "fake upstream": [up.proc.pid]})
+            cpu.start()
+            lags[name].append(await many_streams(paths[name][0], paths[name][1], n, count))
+            cpu.stop()
+            if name in proxies:
+                stream_shares[name].append(cpu.line())
+            await asyncio.sleep(1.0)
+    up.command(reset=True)
+    merged = {name: StreamsLag(min(x.opened for x in v), [f for x in v for f in x.failed][:3], [g for x in v for g in x.lags],
+                               max(x.open_s for x in v), min(x.window_s for x in v)) for name, v in lags.items()}
+    p99 = {name: lag.p(0.99) for name, lag in merged.items()}
+    all_open = all(lag.opened == n and lag.window_s > 0 for lag in merged.values())
+    p50 = {name: lag.p(0.5) for name, lag in merged.items()}
+    note = "-" if all_open else "not all open at once: see details"
+    rows.append((f"per-event lag p99 with {n:,} streams open at once, Redis backend: server.workers 2 / 1", fmt(p99["workers=2"] / p99["workers=1"]),
+                 "-", note))
+    rows.append((f"per-event lag p50 with {n:,} streams open at once, Redis backend: server.workers 2 / 1", fmt(p50["workers=2"] / p50["workers=1"]),
+                 "-", note))
+    for name, lag in merged.items():
+        details.append("streams " + lag_line(name, lag, n))
+    for name in names:
+        for i, line in enumerate(stream_shares[name]):
+            details.append(f"  {name}, {n} streams, cores used, round {i + 1}: {line}")
+
+
+async def section_redis(run: Run) -> None:
+    """What the Redis backend costs a request over TinyDB (added latency p50, both over the same
+    direct baseline, interleaved rounds), and which Redis commands one request makes."""
+    from tests.redis_server import RedisMissing
+
+    sizes, rows, details, up = run.sizes, run.rows, run.details, run.up
+    log("redis: codexproxy on TinyDB and on Redis (one process each)")
+    tiny = CodexProxy(run.workdir, up, name="cp-tinydb")
+    run.services.append(tiny)
+    try:
+        on_redis = redis_proxy(run, "cp-redis")
+    except (RedisMissing, RuntimeError) as exc:
+        return redis_unavailable(run, "redis", exc)
+    requests = sizes.latency_rounds * sizes.latency_requests
+    log(f"redis: latency, {requests} sequential requests per target, the targets taking turns request by request")
+    redis_cpu = process_cpu(on_redis.redis.process.pid)
+    lat, cpu_ms = await paired_latency({"direct": (up.port, up.direct_request), "tinydb": (tiny.port, tiny.request),
+                                        "redis": (on_redis.port, on_redis.request)}, requests, ok_stream,
+                                       {"tinydb": [tiny.proc.pid], "redis": [on_redis.proc.pid]})
+    redis_server_ms = 1000 * (process_cpu(on_redis.redis.process.pid) - redis_cpu) / requests
+    p = {name: (median(v) * 1000, percentile(v, 0.99) * 1000) for name, v in lat.items()}
+    cost50 = p["redis"][0] - p["tinydb"][0]
+    cost99 = p["redis"][1] - p["tinydb"][1]
+    paired = median([r - t for r, t in zip(lat["redis"], lat["tinydb"])]) * 1000
+    rows.append(("Redis backend's cost per request, added latency p50: on Redis - on TinyDB", f"{cost50:.3f} ms", "<= 0.3 ms (issue 15)",
+                 verdict(cost50 <= 0.3)))
+    rows.append(("Redis backend's cost per request, added latency p99: on Redis - on TinyDB", f"{cost99:.3f} ms", "-", "-"))
+    rows.append(("Redis backend's cost per request, median of request-by-request differences", f"{paired:.3f} ms", "-", "-"))
+    rows.append(("Redis backend's cost per request, CPU: proxy on Redis - on TinyDB, + redis-server",
+                 f"{cpu_ms['redis'] - cpu_ms['tinydb']:.3f} + {redis_server_ms:.3f} ms", "-", "-"))
+    for name in p:
+        details.append(f"redis latency {name:6s}: p50 {p[name][0]:6.2f} ms  p99 {p[name][1]:6.2f} ms  "
+                       f"added over direct p50 {p[name][0] - p['direct'][0]:5.2f} ms  p99 {p[name][1] - p['direct'][1]:5.2f} ms  (n={len(lat[name])})"
+                       + (f"  proxy CPU {cpu_ms[name]:.2f} ms/request" if name in cpu_ms and name != "direct" else ""))
+    details.append(f"redis-server CPU: {redis_server_ms:.3f} ms per request")
+
+    log(f"redis: the commands of {sizes.redis_requests} sequential requests (MONITOR, INFO commandstats)")
+    conn = await Conn.open("127.0.0.1", on_redis.port)
+
+    async def one() -> None:
+        resp = await conn.request(*on_redis.request())
+        if not ok_stream(resp):
+            raise RuntimeError(f"redis: {resp.status} {resp.body[:200]!r}")
+
+    with on_redis.redis.client() as client:
+        counts = await redis_commands(client, one, sizes.redis_requests)
+    await conn.close()
+    sent = sum(counts.sent.values()) / counts.requests
+    inside = sum(counts.in_scripts.values()) / counts.requests
+    rows.append(("Redis commands the proxy sends per request (~ round trips; MONITOR)", f"{sent:.1f}", "-", "-"))
+    rows.append(("Redis commands run per request, its scripts' inner ones included", f"{sent + inside:.1f}", "-", "-"))
+    details.append(f"redis commands per request: {sent:.2f} sent by the proxy, {inside:.2f} more inside its Lua scripts (MONITOR, "
+                   f"{counts.requests} sequential requests); INFO commandstats: {counts.stats_total:.2f} calls per request "
+                   f"(EVALSHA counted once), idle rate {counts.idle_per_s:.1f}/s taken out")
+    details.append(f"redis commands of request {counts.requests // 2 + 1} of {counts.requests}, in order (time from its request written):")
+    details += [f"  {line}" for line in counts.one_request]
+    for title, bucket in (("sent by the proxy", counts.sent), ("inside its scripts", counts.in_scripts)):
+        details.append(f"redis commands {title}, per request, by kind and key shape:")
+        for kind, per in counts.per_request(bucket):
+            details.append(f"  {per:6.2f}  {kind}")
+
+
 SECTION_RUNNERS = {"latency": section_latency, "throughput": section_throughput, "events": section_events,
-                   "websocket": section_websocket, "memory": section_memory, "log": section_log, "converters": section_converters}
+                   "websocket": section_websocket, "memory": section_memory, "log": section_log, "converters": section_converters,
+                   "workers": section_workers, "redis": section_redis}
 
 
 async def start_litellm(run: Run) -> None:
@@ -771,14 +952,16 @@ async def main_async(args) -> int:
     services: list = []
     run: Run | None = None
     try:
-        log("starting the fake upstream, mitmdump and codexproxy")
+        log("starting the fake upstream" + (", mitmdump and codexproxy" if set(NEEDS_BASELINES) & set(sections) else ""))
         up = Upstream(workdir, accounts=2)
         services.append(up)
-        mitm = Mitmdump(workdir, up)
-        services.append(mitm)
-        cp = CodexProxy(workdir, up)
-        services.append(cp)
-        run = Run(args, sizes, workdir, up, mitm, cp)
+        mitm = cp = None
+        if set(NEEDS_BASELINES) & set(sections):
+            mitm = Mitmdump(workdir, up)
+            services.append(mitm)
+            cp = CodexProxy(workdir, up)
+            services.append(cp)
+        run = Run(args, sizes, workdir, up, mitm, cp, services=services)
         if {"latency", "websocket"} & set(sections):
             log("starting nginx with TLS in front of the fake, and mitmdump and codexproxy over it")
             run.front = NginxFront(up.port).start()
@@ -794,12 +977,12 @@ async def main_async(args) -> int:
         for name in SECTIONS:
             if name in sections:
                 await SECTION_RUNNERS[name](run)
-        if args.profile:
+        if args.profile and cp is not None:
             log("profile: py-spy over codexproxy at 50 concurrent clients")
             run.profile_lines = await profile_codexproxy(cp, workdir)
     finally:
         for s in reversed(services):
-            s.stop()
+            (getattr(s, "close", None) or s.stop)()  # a RedisServer's close() also removes its temp dir
         shutil.rmtree(workdir, ignore_errors=True)
 
     rows, details = run.rows, run.details
