@@ -29,7 +29,7 @@ from typing import Any
 
 from . import sse, wire
 from .exchange import Attempt, Exchange, GatewayError, LocalResponse, Retry, Route, Usage
-from .upstream import TERMINAL_FAILED, TERMINAL_OK, gateway_error_from_event, stream_cut_error
+from .stream_endings import TERMINAL_FAILED, TERMINAL_OK, gateway_error_from_event, stream_cut_error
 
 log = logging.getLogger("codexproxy.proxy")
 

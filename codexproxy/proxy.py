@@ -21,7 +21,7 @@ from . import failover
 from .exchange import Exchange, GatewayError, LocalResponse
 from .pipeline import Pipeline, StreamSession, UpstreamCall, plugin_error
 from .streams import HoldWatch, StreamPump
-from .upstream import stream_cut_error
+from .stream_endings import stream_cut_error
 
 SOCKET = "codexproxy.socket"  # flow.metadata of a WebSocket upgrade (wsadapter.SOCKET)
 

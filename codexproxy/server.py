@@ -1,6 +1,6 @@
 """Running the proxy: a bare mitmproxy Master in reverse mode, started and stopped cleanly.
 
-Why a bare Master (REFERENCE §5): DumpMaster exits the process on any error log at start-up
+Why a bare Master: DumpMaster exits the process on any error log at start-up
 and prints every flow; we want our own logging and a bind failure reported as one line.
 """
 

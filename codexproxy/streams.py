@@ -7,7 +7,7 @@ from __future__ import annotations
 from . import sse
 from .exchange import GatewayError
 from .pipeline import StreamSession
-from .upstream import ACCOUNT_FAILURE_CODES, PRELUDE_EVENTS, TERMINAL_FAILED, gateway_error_from_event, stream_cut_error
+from .stream_endings import ACCOUNT_FAILURE_CODES, PRELUDE_EVENTS, TERMINAL_FAILED, gateway_error_from_event, stream_cut_error
 
 
 class StreamPump:

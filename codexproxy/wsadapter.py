@@ -55,7 +55,7 @@ from .exchange import Exchange, GatewayError, LocalResponse
 from .pipeline import Pipeline, UpstreamCall, plugin_error
 from .proxy import SOCKET, exchange_from_request, http_response
 from .streams import HoldWatch
-from .upstream import stream_cut_error
+from .stream_endings import stream_cut_error
 
 log = logging.getLogger("codexproxy.websocket")
 

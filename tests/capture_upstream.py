@@ -1,5 +1,5 @@
 """A raw capture upstream: a strict HTTP/1.1 server on loopback that records every request as it
-arrived on the wire and answers like the Codex backend (REFERENCE.md §1).
+arrived on the wire and answers like the Codex backend.
 
 It exists for the wire-conformance tests: a client is run once straight at it and once through
 the proxy, and the two captures are compared. So it keeps what a lenient server throws away:
@@ -139,7 +139,7 @@ def _pieces(text: str, n: int) -> list[str]:
 
 
 def sse_events(answer: Answer, seq: int, model: str) -> list[tuple[str, dict]]:
-    """The Responses stream for `answer` (REFERENCE §1 order). Ids derive from `seq` (the
+    """The Responses stream for `answer`. Ids derive from `seq` (the
     request's number since the last reset), so two runs of one client see the same ids."""
     rid = f"resp_capture_{seq:04d}"
     events: list[tuple[str, dict]] = []
@@ -181,7 +181,7 @@ def sse_events(answer: Answer, seq: int, model: str) -> list[tuple[str, dict]]:
 
 
 def codex_models() -> dict:
-    """`GET {base}/models` in the ChatGPT format (REFERENCE §1)."""
+    """`GET {base}/models` in the ChatGPT format."""
     levels = [{"effort": e, "description": e} for e in ("low", "medium", "high")]
     return {"models": [{"slug": slug, "display_name": slug, "description": slug, "priority": i,
                         "default_reasoning_level": "medium", "supported_reasoning_levels": levels,
@@ -409,7 +409,7 @@ class CaptureUpstream:
                 body = None
             if not isinstance(body, dict):
                 status, payload = 400, {"error": {"message": "body is not a JSON object"}}
-            elif body.get("stream") is not True:  # the backend's two rules (REFERENCE §1)
+            elif body.get("stream") is not True:  # the backend's two rules
                 status, payload = 400, {"detail": "Stream must be set to true"}
             elif body.get("store") is not False:
                 status, payload = 400, {"detail": "Store must be set to false"}

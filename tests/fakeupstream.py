@@ -1,6 +1,6 @@
 """In-process fake of the ChatGPT Codex backend and OpenAI's OAuth issuer (standard library only).
 
-Used by the test-suite and the benchmarks; faithful to REFERENCE.md sections 1 and 2::
+Used by the test-suite and the benchmarks; faithful to the Codex backend and OpenAI's OAuth issuer as real clients see them::
 
     fake = FakeUpstream().start()              # or: with FakeUpstream() as fake: ...
     acct = fake.add_account(email="a@x.com", plan="plus")
@@ -743,7 +743,7 @@ class FakeUpstream(_ServerBase):
         self._run(h, acct, self.next_behaviour(acct.account_id), body)
 
     def _compact(self, h: _BaseHandler) -> None:
-        """Remote compaction (REFERENCE §1): a JSON request, one JSON answer whose output ends
+        """Remote compaction: a JSON request, one JSON answer whose output ends
         with a `compaction` item carrying encrypted content. Error behaviours answer as on
         /responses; any stream behaviour compacts."""
         acct = self._auth(h, True)
@@ -783,7 +783,7 @@ class FakeUpstream(_ServerBase):
             return h.abort()
         headers = {**(self.usage_headers(acct) if acct else {}), **p.get("headers", {})}
         if acct is not None:
-            # The upstream's own affinity token (REFERENCE §1): meaningful only to this account.
+            # The upstream's own affinity token: meaningful only to this account.
             headers.setdefault("x-codex-turn-state", f"ts_{acct.account_id[:8]}_{secrets.token_hex(6)}")
         if kind == "hang":  # until stop(), reset() or `seconds`; then close without an answer
             release, until = self._release, time.monotonic() + (p.get("seconds") or 1e9)

@@ -47,7 +47,7 @@ def run_claude(proxy, tmp_path: Path, prompt: str, *args: str, model: str | None
 
 
 def check_converted(body: dict) -> None:
-    """REFERENCE §4 applied to what Claude Code sends (REFERENCE §3)."""
+    """The README's "What each request field becomes" mapping applied to what Claude Code sends."""
     assert body["model"] == "gpt-5.5"
     assert body["stream"] is True and body["store"] is False
     items = body["input"]

@@ -41,7 +41,7 @@ def message(name: str, error: GatewayError | None = None) -> tuple[AnthropicAggr
 
 
 def claude_code_body() -> dict:
-    """Shaped like a captured Claude Code 2.1 request (REFERENCE §3)."""
+    """Shaped like a captured Claude Code 2.1 request."""
     return {
         "model": "gpt-5.5",
         "max_tokens": 32000,

@@ -1,4 +1,4 @@
-"""Tests of the fake upstream itself: the other suites trust it to behave like REFERENCE.md §1-2.
+"""Tests of the fake upstream itself: the other suites trust it to behave like the Codex backend and OAuth issuer.
 
 Every test that talks to the fake runs twice: against the fake directly ("plain") and through the
 nginx TLS front the other suites use ("tls", tests/strict_upstream.py) -- so the front is proven

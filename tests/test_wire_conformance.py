@@ -7,7 +7,7 @@ by header (names case-insensitively, values exactly) and field by field (JSON bo
 that differs and is not in ALLOWED_HEADER_DIFFERENCES / ALLOWED_BODY_DIFFERENCES fails. Values
 that legitimately differ between two runs of one client are compared by SHAPE (VARYING), never
 skipped. For the clients whose protocol the proxy converts (Chat Completions, Anthropic
-Messages) the body is checked against the REFERENCE §4 mapping instead of the client's bytes.
+Messages) the body is checked against the README's "What each request field becomes" mapping instead of the client's bytes.
 
 The check that would have caught the shipped bug: every request through the proxy carries
 exactly one `Host`, the capture's own authority (the capture answers 400 without one).
@@ -39,8 +39,8 @@ pytestmark = pytest.mark.client
 CONFIG_ORIGINATOR = "codex_cli_rs"
 CONFIG_USER_AGENT = "codex_cli_rs/0.169.0 (codexproxy)"
 
-# Client headers the Codex backend understands, passed through for every client (REFERENCE §1:
-# "Pass through what Codex CLI sends ... under the names the client used").
+# Client headers the Codex backend understands, passed through for every client,
+# under the names the client used (codexproxy/wire.py).
 PASS_THROUGH = {"version", "x-client-request-id", "thread-id", "openai-beta", "conversation_id", "conversation-id",
                 "session_id", "session-id", "accept-language"}
 PASS_THROUGH_PREFIXES = ("x-codex-", "x-openai-")
@@ -357,7 +357,7 @@ def test_codex_plain_turn(capture, wire_proxy, codex_pair):
 
 def test_codex_tool_turn(capture, wire_proxy, codex_pair):
     call = Answer.function_call("exec_command", {"cmd": "echo wire-tool-ok"}, call_id="call_wire_1")
-    # the upstream's affinity token: Codex sends it back on the turn's next request (REFERENCE §1)
+    # the upstream's affinity token: Codex sends it back on the turn's next request
     direct, proxied = _run_twice(capture, codex_pair, [call, Answer.text("The command printed it")],
                                  "--sandbox", "danger-full-access", "-c", "approval_policy=never", "run echo",
                                  response_headers=[("x-codex-turn-state", "ts-capture-1")])
@@ -381,8 +381,8 @@ def test_codex_resume_last(capture, wire_proxy, codex_pair):
 
 # --- openai SDK: Responses API (passed through, normalised) ---------------------------------
 
-# Body fields the proxy changes for the Responses API, by REFERENCE §1 (the Codex backend's
-# own rules): field -> (why, check(client value, proxied value) -> problem or None).
+# Body fields the proxy changes for the Responses API, by the Codex backend's own
+# rules: field -> (why, check(client value, proxied value) -> problem or None).
 ALLOWED_BODY_DIFFERENCES: dict[str, tuple[str, Callable[[Any, Any], str | None]]] = {
     "stream": ("must be true upstream", lambda d, p: None if p is True else "expected true"),
     "store": ("must be false upstream", lambda d, p: None if p is False else "expected false"),
@@ -463,7 +463,7 @@ def test_openai_responses(capture, wire_proxy, stream):
 # --- converted protocols: chat.completions and anthropic messages ---------------------------
 # The client's body is another protocol here: the request line, Host, framing and the
 # non-protocol headers are compared as above (the protocol's own headers -- anthropic-version,
-# x-api-key -- are among the dropped ones), the body is checked against REFERENCE §4.
+# x-api-key -- are among the dropped ones), the body is checked against the README's field mapping.
 
 def _converted_twice(capture, wire_proxy, call, factory, direct_base, proxied_base):
     direct, proxied = _sdk_twice(capture, wire_proxy, call, direct_base, proxied_base, factory)
@@ -555,7 +555,7 @@ def test_anthropic_messages_converted(capture, wire_proxy, stream):
 
 def test_claude_code_converted(tmp_path, capture, wire_proxy):
     """The real Claude Code: straight at the capture (no Messages route there: 404, recorded) and
-    through the proxy; its non-protocol headers under the named list, its body per REFERENCE §4."""
+    through the proxy; its non-protocol headers under the named list, its body per the README's field mapping."""
     from tests.test_claude_code import check_converted, claude_binary, run_claude
 
     claude_binary()

@@ -1,4 +1,5 @@
-"""OpenAI's OAuth endpoints as Codex CLI uses them (REFERENCE.md §2): PKCE authorize URL,
+"""OpenAI's OAuth endpoints as Codex CLI uses them (auth.openai.com, client id and scopes as
+Codex sends them): PKCE authorize URL,
 code exchange, refresh, and the device-code flow. Plain functions over httpx, no state.
 
 Errors are `OAuthError` with the issuer's error code and a `permanent` flag: a permanent
@@ -21,7 +22,8 @@ SCOPE = "openid profile email offline_access"
 REFRESH_SCOPE = "openid profile email"
 CALLBACK_PATH = "/auth/callback"
 DEFAULT_CALLBACK_PORT = 1455  # what Codex registers; used when login_addr says port 0 but nothing listens
-# Refresh tokens rotate: these mean the one we hold is gone for good (REFERENCE §2).
+# Refresh tokens rotate (each refresh returns a new one and retires the old): these error
+# codes mean the one we hold is gone for good.
 PERMANENT_REFRESH_ERRORS = ("refresh_token_expired", "refresh_token_reused", "refresh_token_invalidated", "invalid_grant")
 TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 

@@ -1,6 +1,6 @@
 """Usage: what is left of each account's 5-hour (primary) and 7-day (secondary) windows.
 
-Two sources (REFERENCE.md §1): the `x-codex-*` headers of every upstream answer (free, and
+Two sources: the `x-codex-*` headers of every upstream answer (free, and
 current), and `GET {upstream.usage_base_url}/wham/usage` polled on a schedule (works for idle
 accounts too; kept as snapshots). Both update the same Account fields.
 """

@@ -16,7 +16,7 @@ from codexproxy.exchange import GatewayError
 from codexproxy.models import EFFORTS
 from codexproxy.sse import SSEEvent
 # The upstream's error vocabulary lives in the core; re-exported for the converters.
-from codexproxy.upstream import (TERMINAL_EVENTS, error_status_for_code, gateway_error_from_event,  # noqa: F401
+from codexproxy.stream_endings import (TERMINAL_EVENTS, error_status_for_code, gateway_error_from_event,  # noqa: F401
                                  stream_cut_error)
 
 

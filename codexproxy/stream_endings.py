@@ -1,4 +1,6 @@
-"""What the Codex backend's stream says about how an answer ended (REFERENCE §1).
+"""How a Codex backend stream ends: its terminal events, its failure codes (which are the
+account's fault and which the request's), the prelude before the first output, and the
+errors a cut or a failure event amounts to.
 
 One place for it: the core reads it to log and to decide the status of a buffered answer,
 the adapter to render errors in each client protocol.
