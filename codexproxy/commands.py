@@ -35,8 +35,9 @@ def cmd_run(app: App, args: argparse.Namespace) -> int:
     def ready(base: str) -> None:
         print(f"codexproxy {__version__} listening on {base}", flush=True)
         print(f"  OpenAI/Codex base URL: {base}/v1   Anthropic base URL: {base}", flush=True)
-        if any(p.name == "admin" and p.enabled for p in app.plugins):
-            print(f"  status page: {base}/status  (admin token in {app.admin_token_file if not app.config.admin.token else 'config admin.token'})", flush=True)
+        for lines in app.hook.codexproxy_listening(app=app, url=base):
+            for line in [lines] if isinstance(lines, str) else lines or []:
+                print(f"  {line}", flush=True)
         print(f"  store: {app.config.storage.file}", flush=True)
         if args.open:
             url = app.hook.codexproxy_browser_url(app=app)

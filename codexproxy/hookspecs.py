@@ -69,6 +69,12 @@ def codexproxy_cli_commands(cli):
     `func(app, args) -> int` runs the command (group None for a top-level command)."""
 
 
+@hookspec
+def codexproxy_listening(app, url):
+    """The proxy listens at `url` (`codexproxy run`): return lines to add to the start-up
+    banner (e.g. where a status page is), or None."""
+
+
 @hookspec(firstresult=True)
 def codexproxy_browser_url(app):
     """The URL `codexproxy run --open` opens once the proxy listens (e.g. a one-time login

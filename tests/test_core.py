@@ -254,6 +254,9 @@ def test_runs_without_a_config_file(tmp_path, fake):
             line = proc.stdout.readline()
         assert "listening on http://127.0.0.1:" in line
         url = line.split("listening on ")[1].split()[0]
+        banner = [proc.stdout.readline() for _ in range(3)]
+        # the admin plugin adds its line through codexproxy_listening (the core names no plugin)
+        assert any(f"status page: {url}/status" in b for b in banner), banner
         assert httpx.get(url + "/health").status_code == 200
     finally:
         proc.send_signal(signal.SIGTERM)

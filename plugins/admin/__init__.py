@@ -70,6 +70,12 @@ def codexproxy_rpc_methods(app):
 
 
 @hookimpl
+def codexproxy_listening(app, url):
+    where = "config admin.token" if app.config.admin.token else app.admin_token_file
+    return [f"status page: {url}/status  (admin token in {where})"]
+
+
+@hookimpl
 def codexproxy_browser_url(app):
     base = app.public_url or ""
     for wildcard, loopback in (("//0.0.0.0:", "//127.0.0.1:"), ("//[::]:", "//[::1]:")):
