@@ -422,22 +422,23 @@ class TestInProcess:
         assert offered_key({"authorization": "Bearer cpk-4", "x-api-key": "cpk-5"}) == "cpk-4"
         assert offered_key({"x-api-key": "  "}) is None and offered_key({}) is None
 
-    def test_rpm_window(self, monkeypatch):
-        import types
-
+    def test_rpm_window(self, monkeypatch, tmp_path):
+        from codexproxy import state as state_module
+        from codexproxy.state import LocalState
+        from codexproxy.store import Store
         from codexproxy_plugins import auth
 
         clock = [1000.0]
-        monkeypatch.setattr(auth.time, "monotonic", lambda: clock[0])
-        limits = auth.Limits(types.SimpleNamespace(logs=types.SimpleNamespace(on_append=lambda f: None)))
-        assert [limits.take("k", 2) for _ in range(2)] == [None, None]
+        monkeypatch.setattr(state_module.time, "monotonic", lambda: clock[0])
+        state = LocalState(Store(tmp_path / "store.json"))
+        assert [auth.take_request(state, "k", 2) for _ in range(2)] == [None, None]
         clock[0] = 1010.0
-        assert limits.take("k", 2) == pytest.approx(50.0)  # the oldest of the last 2 leaves the window at 1060
-        assert limits.take("other", 2) is None
-        clock[0] = 1060.0
-        assert limits.take("k", 2) is None  # exactly a window later: both first ones are out
-        assert limits.take("k", 2) is None
-        assert limits.take("k", 2) == pytest.approx(60.0)
+        assert auth.take_request(state, "k", 2) == pytest.approx(50.0, abs=1.0)  # the oldest leaves the window at 1060
+        assert auth.take_request(state, "other", 2) is None
+        clock[0] = 1060.5
+        assert auth.take_request(state, "k", 2) is None  # a window later: both first ones are out
+        assert auth.take_request(state, "k", 2) is None
+        assert auth.take_request(state, "k", 2) == pytest.approx(60.0, abs=1.0)
         assert auth._retry_after(0.2) == {"retry-after": "1"} and auth._retry_after(2.1) == {"retry-after": "3"}
         assert auth.WINDOW_S == 60.0
 
