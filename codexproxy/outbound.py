@@ -17,18 +17,10 @@ from . import wire
 BACKGROUND_TIMEOUT_S = 30.0
 
 
-def account_credentials(account: Any) -> dict[str, str]:
-    """The headers that make a request the account's own: its bearer token and ChatGPT account."""
-    headers = {"authorization": f"Bearer {account.access_token}"}
-    if account.chatgpt_account_id:
-        headers["chatgpt-account-id"] = account.chatgpt_account_id
-    return headers
-
-
 def account_headers(app: Any, url: str, account: Any, accept: str = "application/json") -> dict[str, str]:
     """The headers of a background request to `url` made with `account`'s credentials."""
     upstream = app.config.upstream
-    headers = {"host": wire.authority(url), **account_credentials(account),
+    headers = {"host": wire.authority(url), **wire.account_credentials(account),
                "originator": upstream.originator, "user-agent": upstream.user_agent, "accept": accept}
     app.hook.codexproxy_upstream_request(app=app, exchange=None, headers=headers)
     headers["host"] = wire.authority(url)  # not a plugin's to change: the URL decides
