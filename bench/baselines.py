@@ -205,7 +205,12 @@ class CodexProxy(Service):
         self.log = open(self.dir / "proxy.log", "a")
         self.proc = subprocess.Popen([PYTHON, "-m", "codexproxy", "run", "-c", str(self.config_path)], stdout=self.log,
                                      stderr=subprocess.STDOUT, cwd=ROOT, env=self.env, start_new_session=True)
-        wait_http(f"http://{self.host}:{self.port}/health", 60, self.proc)
+        try:
+            wait_http(f"http://{self.host}:{self.port}/health", 60, self.proc)
+        except RuntimeError as exc:
+            self.log.flush()
+            tail = (self.dir / "proxy.log").read_text(errors="replace").strip().splitlines()[-3:]
+            raise RuntimeError(f"codexproxy ({self.dir.name}): {exc}: " + " | ".join(tail)) from None
         workers = self.configured_workers()
         if workers > 1:  # /health answers once the first worker serves; run.json lists them once all do
             deadline = time.monotonic() + 60

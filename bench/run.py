@@ -920,7 +920,8 @@ async def section_redis(run: Run) -> None:
     for title, bucket in (("sent by the proxy", counts.sent), ("inside its scripts", counts.in_scripts)):
         details.append(f"redis commands {title}, per request, by kind and key shape:")
         for kind, per in counts.per_request(bucket):
-            details.append(f"  {per:6.2f}  {kind}")
+            before = counts.before_last_byte.get(kind)
+            details.append(f"  {per:6.2f}  {kind}" + (f"   (before the response's last byte: {100 * before:.0f}%)" if before is not None else ""))
 
 
 SECTION_RUNNERS = {"latency": section_latency, "throughput": section_throughput, "events": section_events,

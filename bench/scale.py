@@ -11,6 +11,7 @@ per-event lag of many streams open at once, and the Redis commands a request mak
 from __future__ import annotations
 
 import asyncio
+import bisect
 import hashlib
 import os
 import re
@@ -173,6 +174,7 @@ class CommandCounts:
     sent: dict[str, int] = field(default_factory=dict)  # "GET cxp:key:*" -> count, commands the proxy sent
     in_scripts: dict[str, int] = field(default_factory=dict)  # commands run inside its Lua scripts
     one_request: list[str] = field(default_factory=list)  # the commands of one request, in order, timed from its send
+    before_last_byte: dict[str, float] = field(default_factory=dict)  # kind -> share sent before the response's last byte
     stats_total: float = 0.0  # INFO commandstats: calls per request, the idle rate taken out
     idle_per_s: float = 0.0  # commands per second with no request (background jobs, health checks)
 
@@ -246,6 +248,17 @@ async def redis_commands(client, send_one, requests: int, idle_s: float = 3.0) -
         if start <= at < end and words and kind != "lua":
             where = "before its last byte" if at <= done else "after its last byte"
             counts.one_request.append(f"+{(at - start) * 1000:6.2f} ms ({where}): {_kind(words, scripts)}")
+    starts = [b[0] for b in bounds]
+    seen: dict[str, list[int]] = {}  # kind -> [before the last byte, all]
+    for at, kind, command in lines:
+        words = command.split()
+        i = bisect.bisect_right(starts, at) - 1
+        if i < 0 or kind == "lua" or not words:
+            continue
+        tally = seen.setdefault(_kind(words, scripts), [0, 0])
+        tally[0] += at <= bounds[i][1]
+        tally[1] += 1
+    counts.before_last_byte = {k: before / total for k, (before, total) in seen.items()}
     for _, kind, command in lines:
         words = command.split()
         if not words or words[0].upper() in ("MONITOR", "INFO"):
