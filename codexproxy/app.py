@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import runfile
 from .config import Config
 from .logstore import LogStore
 from .plugins import PluginInfo, load_plugins
@@ -108,15 +109,8 @@ class App:
         return self.plugins
 
     def running_proxy_url(self) -> str | None:
-        """The URL of a `codexproxy run` serving this store right now, if any (from run.json)."""
-        import json as _json
-
-        try:
-            info = _json.loads((self.data_dir / "run.json").read_text())
-            os.kill(int(info["pid"]), 0)
-            return str(info["url"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
+        """The URL of a `codexproxy run` serving this store right now, if any (runfile.py)."""
+        return runfile.running_url(self.data_dir)
 
     # --- lifecycle -----------------------------------------------------------------------------
     def start_background(self) -> None:

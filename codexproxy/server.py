@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import json
 import logging
 import os
 import signal
 import socket
-import time
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
@@ -21,7 +19,7 @@ from mitmproxy import options
 from mitmproxy.addons import core, next_layer, proxyserver, tlsconfig
 from mitmproxy.master import Master
 
-from . import failover, http1_server, workers, wsadapter
+from . import failover, http1_server, runfile, workers, wsadapter
 from .proxy import Gateway
 from .wsadapter import WebSocketGateway
 
@@ -171,28 +169,10 @@ class ProxyServer:
         self.app.public_url = base
         if not _is_loopback(host):
             log.warning("listening on %s:%s, which is reachable from other machines: anyone who can reach it and holds a platform key can use your accounts", host, self.port)
-        self._write_run_file(base)
+        runfile.write(self.app.data_dir, base)
         self._watchdog = asyncio.create_task(self.gateway.watch_idle(self.proxyserver))
         self.app.start_background()
         return base
-
-    def _write_run_file(self, base: str) -> None:
-        """`<data dir>/run.json` tells CLI invocations where the running proxy is."""
-        if self.listeners is not None:
-            return  # the supervisor's run.json names the proxy
-        path = self.app.data_dir / "run.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"pid": os.getpid(), "url": base, "started_at": time.time()}))
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-
-    def _remove_run_file(self) -> None:
-        path = self.app.data_dir / "run.json"
-        try:
-            if json.loads(path.read_text()).get("pid") == os.getpid():
-                path.unlink()
-        except (OSError, ValueError):
-            pass
 
     async def stop(self) -> None:
         """Close the listeners, let in-flight streams finish (bounded), then shut down."""
@@ -215,7 +195,7 @@ class ProxyServer:
             await asyncio.wait_for(self._run_task, timeout=5)
         except (asyncio.TimeoutError, Exception):
             pass
-        self._remove_run_file()
+        runfile.remove(self.app.data_dir)
         try:
             self.app.hook.codexproxy_shutdown(app=self.app)
         finally:

@@ -159,6 +159,24 @@ def account_inflight_key(account_id: str) -> str:
 _NO_EXPIRY = float("inf")
 
 
+@contextlib.contextmanager
+def polling_lock(state: Any, name: str, ttl: float, wait: float) -> Iterator[bool]:
+    """`State.lock` for a backend with `try_lock`/`unlock`: tries again with a growing pause
+    (5 ms to 50 ms) until `wait` runs out; yields whether the lock was taken."""
+    deadline = time.monotonic() + wait
+    pause = 0.005
+    token = state.try_lock(name, ttl)
+    while token is None and time.monotonic() < deadline:
+        time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+        pause = min(pause * 2, 0.05)
+        token = state.try_lock(name, ttl)
+    try:
+        yield token is not None
+    finally:
+        if token is not None:
+            state.unlock(name, token)
+
+
 STORE_COLLECTIONS = frozenset({"accounts", "keys"})  # in the store file itself (LocalState)
 COLLECTION_NAME = re.compile(r"[a-z0-9_]+")
 
@@ -355,20 +373,8 @@ class LocalState:
             del self._locks[name]
             held.file_lock.release()
 
-    @contextlib.contextmanager
-    def lock(self, name: str, ttl: float, wait: float = 30.0) -> Iterator[bool]:
-        deadline = time.monotonic() + wait
-        delay = 0.005
-        token = self.try_lock(name, ttl)
-        while token is None and time.monotonic() < deadline:
-            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 2, 0.05)
-            token = self.try_lock(name, ttl)
-        try:
-            yield token is not None
-        finally:
-            if token is not None:
-                self.unlock(name, token)
+    def lock(self, name: str, ttl: float, wait: float = 30.0) -> ContextManager[bool]:
+        return polling_lock(self, name, ttl, wait)
 
     # --- collections and lifecycle -----------------------------------------------------------
     def collection(self, name: str) -> Collection:

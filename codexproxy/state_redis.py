@@ -19,13 +19,12 @@ retry, so nothing hangs.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import secrets
 import time
 import uuid
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, ContextManager
 from urllib.parse import urlsplit
 
 import redis
@@ -33,6 +32,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .exchange import GatewayError
+from .state import polling_lock
 
 PREFIX = "codexproxy:"
 CONNECT_TIMEOUT_S = 1.0  # a Redis on the LAN answers a connect in milliseconds; an absent one must not stall requests
@@ -300,20 +300,8 @@ class RedisState:
     def unlock(self, name: str, token: str) -> None:
         self._unlock(keys=[self._k("lock", name)], args=[token])
 
-    @contextlib.contextmanager
-    def lock(self, name: str, ttl: float, wait: float = 30.0) -> Iterator[bool]:
-        deadline = time.monotonic() + wait
-        pause = 0.005
-        token = self.try_lock(name, ttl)
-        while token is None and time.monotonic() < deadline:
-            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
-            pause = min(pause * 2, 0.05)
-            token = self.try_lock(name, ttl)
-        try:
-            yield token is not None
-        finally:
-            if token is not None:
-                self.unlock(name, token)
+    def lock(self, name: str, ttl: float, wait: float = 30.0) -> ContextManager[bool]:
+        return polling_lock(self, name, ttl, wait)
 
     # --- collections ---------------------------------------------------------------------------------
     def collection(self, name: str) -> "RedisCollection":

@@ -37,6 +37,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from . import runfile
+
 log = logging.getLogger("codexproxy.workers")
 
 WORKER_ENV = "CODEXPROXY_WORKER"  # no "__": never read as a config override (config._apply_env)
@@ -288,14 +290,14 @@ class Supervisor:
                 raise StartupError(f"worker {failed.index} stopped before it served ({_describe_exit(failed.exit_code())}; its error is above)")
             if not self.stopping.is_set():
                 self.app.public_url = self.base
-                self._write_run_file()
+                runfile.write(self.app.data_dir, self.base, workers=[w.pid for w in self.workers])
                 log.info("%d workers serving %s (pids %s)", len(self.workers), self.base, ", ".join(str(w.pid) for w in self.workers))
                 if on_ready:
                     on_ready(self.base)
                 await self._watch(argv)
         finally:
             await self._stop_all()
-            self._remove_run_file()
+            runfile.remove(self.app.data_dir)
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
 
@@ -332,7 +334,7 @@ class Supervisor:
                 if self.stopping.is_set():
                     return
                 worker.start(argv)
-                self._write_run_file()
+                runfile.write(self.app.data_dir, self.base, workers=[w.pid for w in self.workers])
             await self._sleep(POLL_S)
 
     async def _sleep(self, seconds: float) -> None:
@@ -356,23 +358,6 @@ class Supervisor:
                 log.warning("worker %d (pid %s) did not stop in time: killing it", worker.index, worker.pid)
                 worker.signal(signal.SIGKILL)
                 worker.process.wait()
-
-    # run.json names the supervisor: CLI commands find the proxy while it lives (App.running_proxy_url).
-    def _write_run_file(self) -> None:
-        path = self.app.data_dir / "run.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"pid": os.getpid(), "url": self.base, "started_at": time.time(),
-                                   "workers": [w.pid for w in self.workers]}))
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-
-    def _remove_run_file(self) -> None:
-        path = self.app.data_dir / "run.json"
-        try:
-            if json.loads(path.read_text()).get("pid") == os.getpid():
-                path.unlink()
-        except (OSError, ValueError):
-            pass
 
 
 async def supervise(app: Any, on_ready: Callable[[str], None] | None = None) -> None:
