@@ -12,7 +12,6 @@ a test module to use them. Also usable outside pytest (bench/).
 """
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket
@@ -22,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.strict_upstream import TestCA, _die_with_parent, free_port
+from tests.strict_upstream import TestCA, _die_with_parent, find_binary, free_port
 
 REDIS_CANDIDATES = ("/usr/bin/redis-server", "/usr/local/bin/redis-server", "/usr/sbin/redis-server")
 INSTALL_HINT = ("redis-server is required by the Redis state tests: `./scripts/dev test` installs it "
@@ -34,10 +33,7 @@ class RedisMissing(RuntimeError):
 
 
 def redis_binary() -> str:
-    found = shutil.which("redis-server") or next((p for p in REDIS_CANDIDATES if os.access(p, os.X_OK)), None)
-    if not found:
-        raise RedisMissing(INSTALL_HINT)
-    return found
+    return find_binary("redis-server", REDIS_CANDIDATES, RedisMissing(INSTALL_HINT))
 
 
 class RedisServer:

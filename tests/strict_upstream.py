@@ -47,12 +47,18 @@ class NginxMissing(RuntimeError):
     pass
 
 
+def find_binary(name: str, candidates: tuple[str, ...], missing: Exception) -> str:
+    """A server binary on PATH or in the usual sbin places (apt puts some outside a user's PATH);
+    raises `missing` (which says how to install it) when there is none."""
+    found = shutil.which(name) or next((p for p in candidates if os.access(p, os.X_OK)), None)
+    if not found:
+        raise missing
+    return found
+
+
 def nginx_binary() -> str:
     """The nginx executable, or NginxMissing with what to do about it."""
-    found = shutil.which("nginx") or next((p for p in NGINX_CANDIDATES if os.access(p, os.X_OK)), None)
-    if not found:
-        raise NginxMissing(INSTALL_HINT)
-    return found
+    return find_binary("nginx", NGINX_CANDIDATES, NginxMissing(INSTALL_HINT))
 
 
 # ----------------------------------------------------------------------------------- certificates
