@@ -154,3 +154,74 @@ def test_emails_only_behind_the_metrics_token(make_proxy, fake):
     assert_no_secret(text, secrets_of(proxy), "/metrics")
     names = {dict(labels)["name"] for (name, labels), _ in parse(text).items() if name == "codexproxy_account_info"}
     assert names == {account["email"]}
+
+
+# --- counters in the shared state ------------------------------------------------------------------
+
+from codexproxy.exchange import Exchange, Route  # noqa: E402
+from tests.test_shared_state_plugins import make_app  # noqa: E402,F401 (fixture)
+from tests.redis_server import redis_server, redis_url  # noqa: E402,F401 (fixtures)
+
+
+def answered(app, status: int, route: str = "responses") -> None:
+    """One request through the admin plugin's observers, as the pipeline reports it."""
+    exchange = Exchange(method="POST", path="/v1/responses", query={}, headers={}, body=b"")
+    exchange.route = Route(kind="upstream", name=route)
+    app.hook.codexproxy_exchange_start(app=app, exchange=exchange)
+    exchange.status, exchange.ttfb_ms = status, 30.0
+    app.hook.codexproxy_exchange_done(app=app, exchange=exchange)
+
+
+def rendered(app) -> dict:
+    from codexproxy_plugins.admin import metrics
+    from codexproxy_plugins.admin import _metrics
+
+    return parse(metrics.render(app, _metrics(app)))
+
+
+def test_two_proxies_on_one_redis_scrape_the_same_totals(make_app, redis_url):
+    from codexproxy_plugins.admin import _metrics
+
+    shared = {"state": {"backend": "redis", "redis_url": redis_url}}
+    a, b = make_app("one", shared), make_app("two", shared)
+    for status in (200, 200, 502):
+        answered(a, status)
+    answered(b, 200)
+    # Before a flush each process sees the state plus its own pending deltas.
+    assert value(rendered(a), "codexproxy_requests_total", route="responses", protocol="responses", status="2xx") == 2
+    assert value(rendered(b), "codexproxy_requests_total", route="responses", protocol="responses", status="2xx") == 1
+    deadline = time.time() + 10  # the flusher thread runs about once a second
+    while time.time() < deadline and (_metrics(a).pending or _metrics(b).pending):
+        time.sleep(0.1)
+    for app in (a, b):
+        samples = rendered(app)
+        assert value(samples, "codexproxy_requests_total", route="responses", protocol="responses", status="2xx") == 3
+        assert value(samples, "codexproxy_requests_total", route="responses", protocol="responses", status="5xx") == 1
+        assert value(samples, "codexproxy_request_duration_seconds_count", route="responses") == 4
+        assert value(samples, "codexproxy_request_duration_seconds_bucket", route="responses", le="+Inf") == 4
+        assert value(samples, "codexproxy_time_to_first_byte_seconds_bucket", route="responses", le="0.05") == 4
+        assert value(samples, "codexproxy_time_to_first_byte_seconds_sum", route="responses") == 0.12
+        assert value(samples, "codexproxy_active_requests") == 0  # process-local: none in progress here
+    # At shutdown the last deltas go to the state too: the other proxy sees them at once.
+    answered(a, 429)
+    a.hook.codexproxy_shutdown(app=a)
+    assert not _metrics(a).pending and not _metrics(a).flusher.is_alive()
+    assert value(rendered(b), "codexproxy_requests_total", route="responses", protocol="responses", status="4xx") == 1
+
+
+def test_the_embedded_state_scrape_is_exact_before_and_after_a_flush(make_app):
+    from codexproxy_plugins.admin import _metrics
+
+    app = make_app("local")
+    for status in (200, 200, 404):
+        answered(app, status, route="chat")
+    before = rendered(app)
+    _metrics(app).flush()
+    assert not _metrics(app).pending and app.state.keys("metrics:")
+    after = rendered(app)
+    uptime = ("codexproxy_uptime_seconds", frozenset())
+    assert {k: v for k, v in before.items() if k != uptime} == {k: v for k, v in after.items() if k != uptime}
+    assert value(after, "codexproxy_requests_total", route="chat", protocol="responses", status="2xx") == 2
+    assert value(after, "codexproxy_requests_total", route="chat", protocol="responses", status="4xx") == 1
+    buckets = [after[key] for key in after if key[0] == "codexproxy_request_duration_seconds_bucket"]
+    assert len(buckets) == 13 and max(buckets) == 3

@@ -33,7 +33,7 @@ def codexproxy_config_model():
 
 
 def _metrics(app) -> metrics.Metrics:
-    return app.plugin_state("admin.metrics", metrics.Metrics)
+    return app.plugin_state("admin.metrics", lambda: metrics.Metrics(app.state))
 
 
 def _local(name: str, handler, logged: bool = True) -> Route:
@@ -91,3 +91,8 @@ def codexproxy_exchange_start(app, exchange):
 @hookimpl
 def codexproxy_exchange_done(app, exchange):
     _metrics(app).done(exchange)
+
+
+@hookimpl
+def codexproxy_shutdown(app):
+    _metrics(app).shutdown()  # the last deltas into the shared counters

@@ -1,8 +1,11 @@
 """GET /metrics: Prometheus text format (0.0.4).
 
-Counters and histograms are kept in memory by the `exchange_start` / `exchange_done` observers;
-gauges about accounts (usage %, status, requests in flight: the leases in `app.state` that
-routing holds) are read at scrape time, and job runs from `app.jobs.last_run`. Auth is
+Counters and histograms are counted by the `exchange_done` observer into `app.state` (under
+`metrics:`, flushed from memory about once a second, see `Metrics`), so every process sharing a
+state reports the same totals; the exchanges in progress (`codexproxy_active_requests`,
+`codexproxy_active_streams`) stay process-local, as they are live objects. Gauges about
+accounts (usage %, status, requests in flight: the leases in `app.state` that routing holds,
+so pool-wide) are read at scrape time, and job runs from `app.jobs.last_run`. Auth is
 optional: with `metrics.token` set, scrapers send it (or the admin token) as a Bearer token.
 Accounts are labelled by id; their emails appear (in `codexproxy_account_info`) only when
 `metrics.token` is set.
@@ -10,6 +13,8 @@ Accounts are labelled by id; their emails appear (in `codexproxy_account_info`) 
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import secrets
 import threading
@@ -25,64 +30,129 @@ BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 
 TOKEN_KINDS = ("input", "cached", "output", "reasoning")
 
 
+PREFIX = "metrics:"
+FLUSH_EVERY_S = 1.0
+# Counter families kept in the state, each with its label names (a key is PREFIX + family + ":" +
+# the JSON list of label values, so any label text survives the round trip).
+COUNTERS = {"requests": ("route", "protocol", "status"), "failovers": ("reason",), "cooldowns": ("reason",),
+            "tokens": ("key", "account", "kind")}
+HISTOGRAMS = ("latency", "ttfb")  # label "route"; parts: bucket index, "sum", "count"
+
+log = logging.getLogger(__name__)
+
+
+def counter_key(family: str, *labels: Any) -> str:
+    return f"{PREFIX}{family}:{json.dumps(list(labels))}"
+
+
 class Histogram:
     def __init__(self) -> None:
         self.counts = [0] * len(BUCKETS)
         self.sum = 0.0
         self.count = 0
 
-    def observe(self, value: float) -> None:
-        self.sum += value
-        self.count += 1
-        for i, bound in enumerate(BUCKETS):
-            if value <= bound:
-                self.counts[i] += 1  # stored per bucket; rendered cumulative
-                break
-
 
 class Metrics:
-    """Everything counted in this proxy process since it started."""
+    """What this process adds to the pool's counters, and the exchanges it is serving.
 
-    def __init__(self) -> None:
+    Counters and histograms live in `app.state` (under `metrics:`), so every process sharing a
+    state (server.workers, proxies on one Redis) scrapes the same totals. A request never waits on
+    the state for them: `done` adds its deltas to `pending` in memory, and `flush` (a daemon thread
+    every FLUSH_EVERY_S, and once at shutdown) moves them there with `state.incr`. A scrape reads
+    the state plus this process's pending deltas, so one process's scrape is always exact.
+    `active` (the exchanges in progress) stays process-local: they are live objects; the pool-wide
+    in-flight gauge comes from the state's leases. Job runs are counted from `app.jobs.last_run`
+    as this process sees it."""
+
+    def __init__(self, state: Any = None) -> None:
         self.lock = threading.Lock()
+        self.flush_lock = threading.Lock()  # a scrape does not read between a flush's take and its incr
+        self.state = state
         self.active: dict[str, Any] = {}  # exchange id -> Exchange, while it runs
-        self.requests: dict[tuple[str, str, str], int] = {}
-        self.latency: dict[str, Histogram] = {}
-        self.ttfb: dict[str, Histogram] = {}
-        self.failovers: dict[str, int] = {}
-        self.cooldowns: dict[str, int] = {}
-        self.tokens: dict[tuple[str, str, str], int] = {}
+        self.pending: dict[str, float] = {}  # state key -> delta not yet flushed
         self.job_seen: dict[str, float] = {}
         self.job_runs: dict[tuple[str, str], int] = {}
+        self.stopping = threading.Event()
+        self.flusher: threading.Thread | None = None
+
+    def _add(self, key: str, amount: float) -> None:
+        self.pending[key] = self.pending.get(key, 0) + amount
+
+    def _observe(self, family: str, route: str, value: float) -> None:
+        index = next(i for i, bound in enumerate(BUCKETS) if value <= bound)  # stored per bucket; rendered cumulative
+        self._add(counter_key(family, route, index), 1)
+        self._add(counter_key(family, route, "sum"), value)
+        self._add(counter_key(family, route, "count"), 1)
 
     def start(self, exchange) -> None:
         with self.lock:
             self.active[exchange.id] = exchange
+            if self.state is not None and self.flusher is None and not self.stopping.is_set():
+                self.flusher = threading.Thread(target=self._flush_loop, name="metrics-flush", daemon=True)
+                self.flusher.start()
 
     def done(self, exchange) -> None:
         route = exchange.route.name if exchange.route and exchange.route.name else "unknown"
         status = f"{exchange.status // 100}xx" if exchange.status else "none"
         with self.lock:
             self.active.pop(exchange.id, None)
-            key = (route, exchange.protocol, status)
-            self.requests[key] = self.requests.get(key, 0) + 1
-            self.latency.setdefault(route, Histogram()).observe(exchange.elapsed_ms() / 1000)
+            self._add(counter_key("requests", route, exchange.protocol, status), 1)
+            self._observe("latency", route, exchange.elapsed_ms() / 1000)
             if exchange.ttfb_ms is not None:
-                self.ttfb.setdefault(route, Histogram()).observe(exchange.ttfb_ms / 1000)
+                self._observe("ttfb", route, exchange.ttfb_ms / 1000)
             attempts = exchange.attempts
             for i, attempt in enumerate(attempts):
                 if not attempt.reason or attempt.reason == "client_error":
                     continue
                 following = attempts[i + 1] if i + 1 < len(attempts) else None
                 if following is not None:
-                    self.failovers[attempt.reason] = self.failovers.get(attempt.reason, 0) + 1
+                    self._add(counter_key("failovers", attempt.reason), 1)
                 if attempt.account_id and (following is None or following.account_id != attempt.account_id):
-                    self.cooldowns[attempt.reason] = self.cooldowns.get(attempt.reason, 0) + 1
+                    self._add(counter_key("cooldowns", attempt.reason), 1)
             if exchange.usage is not None:
                 who = (getattr(exchange.key, "name", None) or "none", getattr(exchange.account, "id", None) or "none")
                 usage = exchange.usage
                 for kind, value in zip(TOKEN_KINDS, (usage.input_tokens, usage.cached_tokens, usage.output_tokens, usage.reasoning_tokens)):
-                    self.tokens[who + (kind,)] = self.tokens.get(who + (kind,), 0) + value
+                    self._add(counter_key("tokens", *who, kind), value)
+
+    def flush(self, state: Any = None) -> None:
+        """Add the pending deltas to the state's counters; on a state error they stay pending."""
+        state = state if state is not None else self.state
+        if state is None:
+            return
+        with self.flush_lock:
+            with self.lock:
+                taken, self.pending = self.pending, {}
+            done: list[str] = []
+            try:
+                for key, amount in taken.items():
+                    if amount:
+                        state.incr(key, amount)
+                    done.append(key)
+            except Exception as exc:  # the state is down or closed: keep what was not added
+                log.warning("metrics: could not flush counters to the state (%s); kept for the next flush", type(exc).__name__)
+                with self.lock:
+                    for key, amount in taken.items():
+                        if key not in done:
+                            self._add(key, amount)
+
+    def _flush_loop(self) -> None:
+        while not self.stopping.wait(FLUSH_EVERY_S):
+            self.flush()
+
+    def shutdown(self) -> None:
+        """Stop the flusher and flush what is left (codexproxy_shutdown)."""
+        self.stopping.set()
+        self.flush()
+
+    def totals(self, state: Any) -> dict[str, float]:
+        """The pool's counters: the state's plus this process's pending deltas."""
+        with self.flush_lock:
+            values = {key: state.get(key, 0) for key in state.keys(PREFIX)}
+            with self.lock:
+                for key, amount in self.pending.items():
+                    values[key] = values.get(key, 0) + amount
+        return values
 
     def seen_jobs(self, last_run: dict[str, dict[str, Any]]) -> None:
         """Count job runs not seen before (last_run keeps only the latest run of each job)."""
@@ -93,6 +163,34 @@ class Metrics:
                     self.job_seen[name] = at
                     result = "ok" if info.get("ok") else "failed"
                     self.job_runs[(name, result)] = self.job_runs.get((name, result), 0) + 1
+
+
+def _whole(value: float) -> float:
+    return int(value) if float(value).is_integer() else value
+
+
+def _decode(totals: dict[str, float]) -> tuple[dict[str, dict[tuple, float]], dict[str, dict[str, Histogram]]]:
+    """The state's keys back into counter samples by family and histograms by family and route."""
+    counters: dict[str, dict[tuple, float]] = {family: {} for family in COUNTERS}
+    hists: dict[str, dict[str, Histogram]] = {family: {} for family in HISTOGRAMS}
+    for key, total in totals.items():
+        family, _, raw = key[len(PREFIX):].partition(":")
+        try:
+            labels = json.loads(raw)
+        except ValueError:
+            continue  # not ours
+        if family in COUNTERS and len(labels) == len(COUNTERS[family]):
+            counters[family][tuple(labels)] = _whole(total)
+        elif family in HISTOGRAMS and len(labels) == 2:
+            hist = hists[family].setdefault(labels[0], Histogram())
+            part = labels[1]
+            if part == "sum":
+                hist.sum = float(total)
+            elif part == "count":
+                hist.count = _whole(total)
+            elif isinstance(part, int) and 0 <= part < len(BUCKETS):
+                hist.counts[part] = _whole(total)
+    return counters, hists
 
 
 def _esc(value: Any) -> str:
@@ -138,19 +236,20 @@ def render(app, m: Metrics) -> str:
     m.seen_jobs(app.jobs.last_run)
     now = time.time()
     accounts = app.accounts.ordered()
+    counters, hists = _decode(m.totals(app.state))
     w = Writer()
+    w.family("codexproxy_requests_total", "counter", "Client requests answered, by route, client protocol and status class.",
+             [({"route": r, "protocol": p, "status": s}, n) for (r, p, s), n in sorted(counters["requests"].items())])
+    w.histograms("codexproxy_request_duration_seconds", "Time from request to the last byte.", "route", hists["latency"])
+    w.histograms("codexproxy_time_to_first_byte_seconds", "Time from request to the first byte sent to the client.", "route", hists["ttfb"])
+    w.family("codexproxy_failovers_total", "counter", "Requests sent again to another account (or the same after a token refresh), by reason.",
+             [({"reason": r}, n) for (r,), n in sorted(counters["failovers"].items())])
+    w.family("codexproxy_cooldowns_total", "counter", "Accounts set aside after a failed attempt, by reason.",
+             [({"reason": r}, n) for (r,), n in sorted(counters["cooldowns"].items())])
+    w.family("codexproxy_tokens_total", "counter", "Tokens reported by the upstream, by platform key, account and kind.",
+             [({"key": k, "account": a, "kind": kind}, n) for (k, a, kind), n in sorted(counters["tokens"].items())])
     with m.lock:
         active = list(m.active.values())
-        w.family("codexproxy_requests_total", "counter", "Client requests answered, by route, client protocol and status class.",
-                 [({"route": r, "protocol": p, "status": s}, n) for (r, p, s), n in sorted(m.requests.items())])
-        w.histograms("codexproxy_request_duration_seconds", "Time from request to the last byte.", "route", m.latency)
-        w.histograms("codexproxy_time_to_first_byte_seconds", "Time from request to the first byte sent to the client.", "route", m.ttfb)
-        w.family("codexproxy_failovers_total", "counter", "Requests sent again to another account (or the same after a token refresh), by reason.",
-                 [({"reason": r}, n) for r, n in sorted(m.failovers.items())])
-        w.family("codexproxy_cooldowns_total", "counter", "Accounts set aside after a failed attempt, by reason.",
-                 [({"reason": r}, n) for r, n in sorted(m.cooldowns.items())])
-        w.family("codexproxy_tokens_total", "counter", "Tokens reported by the upstream, by platform key, account and kind.",
-                 [({"key": k, "account": a, "kind": kind}, n) for (k, a, kind), n in sorted(m.tokens.items())])
         w.family("codexproxy_job_runs_total", "counter", "Background job runs seen, by result.",
                  [({"job": j, "result": r}, n) for (j, r), n in sorted(m.job_runs.items())])
     upstream = [ex for ex in active if ex.route is not None and ex.route.kind == "upstream"]
