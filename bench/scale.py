@@ -157,6 +157,8 @@ ID_LIKE = re.compile(r"^(?=.*\d)[0-9A-Za-z_.@-]{8,}$")
 
 def key_shape(key: str) -> str:
     """A key with its ids replaced by *: cxp:acct:1a2b3c4d... -> cxp:acct:*"""
+    if "[" in key:  # a JSON-labelled key (metrics: codexproxy:v:metrics:latency:["responses", ...]) holds spaces
+        key = key[:key.index("[")] + "[...]"
     return ":".join("*" if ID_LIKE.match(part) else part for part in key.split(":"))
 
 
