@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl, urlsplit
 from mitmproxy import http
 from mitmproxy.proxy import events
 
-from . import failover
+from . import failover, wire
 from .exchange import Exchange, GatewayError, LocalResponse
 from .pipeline import Pipeline, StreamSession, UpstreamCall, plugin_error
 from .streams import HoldWatch, StreamPump
@@ -37,16 +37,6 @@ BUFFERED = "codexproxy.buffered"  # flow.metadata: the StreamSession of a client
 # and host policies (they belong to chatgpt.com, not to this gateway).
 DROPPED_RESPONSE_HEADERS = frozenset({"connection", "keep-alive", "transfer-encoding", "content-encoding", "set-cookie",
                                       "alt-svc", "strict-transport-security"})
-
-
-def header_dict(headers: http.Headers) -> dict[str, str]:
-    """Lower-case names, repeated fields joined: one pass over the fields (Headers.items()
-    looks each name up again, quadratic in the number of headers)."""
-    out: dict[str, str] = {}
-    for name, value in headers.fields:
-        key, text = name.decode("latin-1").lower(), value.decode("utf-8", "surrogateescape")
-        out[key] = f"{out[key]}, {text}" if key in out else text
-    return out
 
 
 def _header_bytes(value: str) -> bytes:
@@ -69,7 +59,7 @@ def exchange_from_request(req: http.Request, client_addr: str) -> Exchange:
         method=req.method.upper(),
         path=split.path or "/",
         query=dict(parse_qsl(split.query, keep_blank_values=True)),
-        headers=header_dict(req.headers),
+        headers=wire.header_dict(req.headers.fields),
         header_fields=[(name.decode("latin-1"), value.decode("latin-1")) for name, value in req.headers.fields],
         body=b"",  # the head only: the body comes with `request`
         client_addr=client_addr,
@@ -154,7 +144,7 @@ class Gateway:
             return
         try:
             resp = flow.response
-            headers = header_dict(resp.headers)
+            headers = wire.header_dict(resp.headers.fields)
             verdict = self.pipeline.answered(ex, resp.status_code, headers)
             if verdict == "retry":
                 flow.metadata[failover.RETRY] = True

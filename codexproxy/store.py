@@ -201,21 +201,11 @@ class Store:
                     os.close(self._lock_fd)
                     self._lock_fd = None
 
-    @contextlib.contextmanager
-    def named_lock(self, name: str, wait: float | None = None) -> Iterator[bool]:
-        """A lock for one long operation (e.g. refreshing one account's token), exclusive
-        across threads and processes, without holding up the rest of the store. Yields True
-        once held; with `wait` seconds given, yields False if it could not be taken by then."""
-        held = self.acquire_named_lock(name, wait)
-        try:
-            yield held is not None
-        finally:
-            if held is not None:
-                held.release()
-
     def acquire_named_lock(self, name: str, wait: float | None = None) -> "NamedLock | None":
-        """Take the named lock (blocking when `wait` is None, 0 = one try); None if not taken.
-        The holder calls `release()`, from any thread; a killed process's lock goes with it."""
+        """A lock for one long operation (LocalState's named locks: a token refresh, a job),
+        exclusive across threads and processes without holding up the rest of the store.
+        Blocks when `wait` is None (0 = one try); None if not taken. The holder calls
+        `release()`, from any thread; a killed process's lock goes with it."""
         path = self.path.with_name(f"{self.path.name}.{hashlib.sha1(name.encode()).hexdigest()[:16]}.lock")
         thread_lock = _NAMED_THREAD_LOCKS.get(str(path))
         deadline = None if wait is None else time.monotonic() + wait

@@ -71,6 +71,17 @@ def authority(url: str) -> str:
     return host if parts.port in (None, default) else f"{host}:{parts.port}"
 
 
+def header_dict(fields: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """Header fields as the hooks see them: lower-case names, repeated fields joined with ", ".
+    One pass over the raw (name, value) pairs, whichever HTTP library read them (mitmproxy's
+    `Headers.fields`, httpx's `Headers.raw`); `items()` would look each name up again."""
+    out: dict[str, str] = {}
+    for name, value in fields:
+        key, text = name.decode("latin-1").lower(), value.decode("utf-8", "surrogateescape")
+        out[key] = f"{out[key]}, {text}" if key in out else text
+    return out
+
+
 def account_credentials(account) -> dict[str, str]:
     """What an account puts on every request to the upstream (the proxied ones and the
     proxy's own: usage polls, model lists)."""

@@ -50,7 +50,7 @@ from mitmproxy.proxy.layers import websocket as ws_layers
 from mitmproxy.websocket import WebSocketMessage
 from wsproto.frame_protocol import Opcode
 
-from . import sse
+from . import failover, sse, wire
 from .exchange import Exchange, GatewayError, LocalResponse
 from .pipeline import Pipeline, UpstreamCall, plugin_error
 from .proxy import SOCKET, exchange_from_request, http_response
@@ -62,7 +62,6 @@ log = logging.getLogger("codexproxy.websocket")
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
 UPGRADE_ONLY_HEADERS = frozenset({"upgrade", "connection", "sec-websocket-key", "sec-websocket-version",
                                   "sec-websocket-extensions", "sec-websocket-protocol", "openai-beta"})
-ERROR_BODY_LIMIT = 64 * 1024
 
 
 def accept_key(key: str) -> str:
@@ -302,7 +301,7 @@ class WebSocketGateway:
         out = _Outbox(self, flow)
         try:
             async with self.client.stream("POST", call.url, headers=call.headers, content=call.body) as resp:
-                headers = _header_dict(resp.headers)
+                headers = wire.header_dict(resp.headers.raw)
                 verdict = self.pipeline.answered(ex, resp.status_code, headers)
                 if verdict != "stream":
                     body = await _read_limited(resp)
@@ -373,21 +372,13 @@ def _message(text: str) -> WebSocketMessage:
     return WebSocketMessage(Opcode.TEXT, False, text.encode())
 
 
-def _header_dict(headers: httpx.Headers) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for name, value in headers.multi_items():
-        key = name.lower()
-        out[key] = f"{out[key]}, {value}" if key in out else value
-    return out
-
-
 async def _read_limited(resp: httpx.Response) -> bytes:
     body = b""
     async for chunk in resp.aiter_raw():
         body += chunk
-        if len(body) >= ERROR_BODY_LIMIT:
+        if len(body) >= failover.ERROR_BODY_LIMIT:
             break
-    return body[:ERROR_BODY_LIMIT]
+    return body[:failover.ERROR_BODY_LIMIT]
 
 
 def _error_event(local: LocalResponse) -> dict:

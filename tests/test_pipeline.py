@@ -66,6 +66,22 @@ async def _run_attempts(pipeline: Pipeline, ex, step, upstream: ScriptedUpstream
     return step
 
 
+async def _through_pipeline(pipeline: Pipeline, ex, raw: bytes, upstream: ScriptedUpstream) -> LocalResponse | bytes:
+    """What both adapters do with one exchange: start, admit, begin, the attempts, done. The
+    answer is the client's SSE bytes, or a LocalResponse (an error) for the adapter to frame."""
+    pipeline.start(ex)
+    out: list[bytes] = []
+    try:
+        pipeline.admit(ex, len(raw))
+        step = await pipeline.begin(ex, raw)
+        step = await _run_attempts(pipeline, ex, step, upstream, out)
+        return step if isinstance(step, LocalResponse) else b"".join(out)
+    except GatewayError as err:
+        return pipeline.error_answer(ex, err)
+    finally:
+        pipeline.done(ex)
+
+
 class FakeHTTPTransport:
     """proxy.py's part: a request head and body in, one HTTP answer (status, SSE bytes) out."""
 
@@ -76,20 +92,10 @@ class FakeHTTPTransport:
         raw = json.dumps(body).encode()
         req = http.Request.make("POST", "http://gateway/v1/responses", raw, {**headers, "content-type": "application/json"})
         ex = exchange_from_request(req, "127.0.0.1")
-        self.pipeline.start(ex)
-        out: list[bytes] = []
-        try:
-            self.pipeline.admit(ex, len(raw))
-            step = await self.pipeline.begin(ex, raw)
-            step = await _run_attempts(self.pipeline, ex, step, self.upstream, out)
-            if isinstance(step, LocalResponse):
-                return step.status, step.encoded()[0]
-            return ex.status, b"".join(out)
-        except GatewayError as err:
-            local = self.pipeline.error_answer(ex, err)
-            return local.status, local.encoded()[0]
-        finally:
-            self.pipeline.done(ex)
+        answer = await _through_pipeline(self.pipeline, ex, raw, self.upstream)
+        if isinstance(answer, LocalResponse):
+            return answer.status, answer.encoded()[0]
+        return ex.status, answer
 
 
 class FakeSocketTransport:
@@ -100,26 +106,14 @@ class FakeSocketTransport:
         self.headers = headers
 
     async def turn(self, message: dict) -> list[dict]:
-        body = {k: v for k, v in message.items() if k != "type"}
-        raw = json.dumps(body).encode()
-        req = http.Request.make("POST", "http://gateway/v1/responses", b"", self.headers)
-        ex = exchange_from_request(req, "127.0.0.1")
+        raw = json.dumps({k: v for k, v in message.items() if k != "type"}).encode()
+        ex = exchange_from_request(http.Request.make("POST", "http://gateway/v1/responses", b"", self.headers), "127.0.0.1")
         ex.transport = "websocket"
-        self.pipeline.start(ex)
-        out: list[bytes] = []
-        try:
-            self.pipeline.admit(ex, len(raw))
-            step = await self.pipeline.begin(ex, raw)
-            step = await _run_attempts(self.pipeline, ex, step, self.upstream, out)
-            if isinstance(step, LocalResponse):
-                return [{"type": "error", "status": step.status, "error": json.loads(step.encoded()[0]).get("error")}]
-        except GatewayError as err:
-            local = self.pipeline.error_answer(ex, err)
-            return [{"type": "error", "status": local.status, "error": json.loads(local.encoded()[0])["error"]}]
-        finally:
-            self.pipeline.done(ex)
+        answer = await _through_pipeline(self.pipeline, ex, raw, self.upstream)
+        if isinstance(answer, LocalResponse):
+            return [{"type": "error", "status": answer.status, "error": json.loads(answer.encoded()[0]).get("error")}]
         parser = sse.SSEParser()
-        return [event.json() for event in parser.feed(b"".join(out)) + parser.flush()]
+        return [event.json() for event in parser.feed(answer) + parser.flush()]
 
 
 def _setup(app, accounts: int = 2):

@@ -156,40 +156,40 @@ def cmd_admin_token(app: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+def _key_settings(p: argparse.ArgumentParser, update: bool) -> None:
+    """The options `keys create` and `keys update` share; update also says how to clear each."""
+    def clear(how: str) -> str:
+        return f" ({how})" if update else ""
+
+    p.add_argument("--model", type=short_text(), help="force this model for every request of the key" + clear("none to stop forcing one"))
+    p.add_argument("--effort", type=effort, metavar="EFFORT", help=f"force this reasoning effort ({', '.join(EFFORTS)})"
+                   + (f", or {NO_EFFORT} to stop forcing one" if update else ""))
+    p.add_argument("--expires", type=short_text(), help="30d, 12h, or a date (2026-12-31)" + clear("never to remove"))
+    p.add_argument("--rpm", type=short_text(), help="requests per minute limit" + clear("none to remove"))
+    p.add_argument("--daily-tokens", type=short_text(), help="tokens per day limit" + clear("none to remove"))
+    p.add_argument("--account", type=short_text(), help="pin the key to this account" + clear("none to unpin"))
+    p.add_argument("--group", type=short_text(100), help="pin the key to this account group" + clear("none to unpin"))
+    p.add_argument("--alias", action="append", type=short_text(), metavar="PATTERN=MODEL",
+                   help="a model alias of this key, e.g. 'claude-*haiku*=gpt-5.5(low)'"
+                   + ("; PATTERN= removes it" if update else "") + " (repeatable)")
+    p.add_argument("--json", action="store_true")
+
+
 def register(cli: CommandRegistry) -> None:
     cli.group("keys", "platform keys: create (shown once), list, update, enable, disable, remove")
     p = cli.command("keys", "create", "create a platform key (shown once)")
     p.add_argument("name", type=short_text(100))
-    p.add_argument("--model", type=short_text(), help="force this model for every request of the key")
-    p.add_argument("--effort", type=effort, metavar="EFFORT", help=f"force this reasoning effort ({', '.join(EFFORTS)})")
-    p.add_argument("--expires", type=short_text(), help="30d, 12h, or a date (2026-12-31)")
-    p.add_argument("--rpm", type=short_text(), help="requests per minute limit")
-    p.add_argument("--daily-tokens", type=short_text(), help="tokens per day limit")
-    p.add_argument("--account", type=short_text(), help="pin the key to this account")
-    p.add_argument("--group", type=short_text(100), help="pin the key to this account group")
-    p.add_argument("--alias", action="append", type=short_text(), metavar="PATTERN=MODEL",
-                   help="a model alias of this key, e.g. 'claude-*haiku*=gpt-5.5(low)' (repeatable)")
-    p.add_argument("--json", action="store_true")
+    _key_settings(p, update=False)
     p.set_defaults(func=cmd_keys_create)
     p = cli.command("keys", "list", "list platform keys (never the secret)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_keys_list)
     p = cli.command("keys", "update", "change a key's bindings and limits, or switch it on/off")
     p.add_argument("id", type=short_text())
-    p.add_argument("--model", type=short_text(), help="force this model (none to stop forcing one)")
-    p.add_argument("--effort", type=effort, metavar="EFFORT",
-                   help=f"force this reasoning effort ({', '.join(EFFORTS)}), or {NO_EFFORT} to stop forcing one")
-    p.add_argument("--expires", type=short_text(), help="30d, 12h, a date (2026-12-31), or never")
-    p.add_argument("--rpm", type=short_text(), help="requests per minute limit (none to remove)")
-    p.add_argument("--daily-tokens", type=short_text(), help="tokens per day limit (none to remove)")
-    p.add_argument("--account", type=short_text(), help="pin the key to this account (none to unpin)")
-    p.add_argument("--group", type=short_text(100), help="pin the key to this account group (none to unpin)")
-    p.add_argument("--alias", action="append", type=short_text(), metavar="PATTERN=MODEL",
-                   help="a model alias of this key, e.g. 'claude-*haiku*=gpt-5.5(low)'; PATTERN= removes it (repeatable)")
+    _key_settings(p, update=True)
     onoff = p.add_mutually_exclusive_group()
     onoff.add_argument("--enable", action="store_true", help="switch the key on (as keys enable)")
     onoff.add_argument("--disable", action="store_true", help="switch the key off (as keys disable)")
-    p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_keys_update)
     for name, method, done in (("enable", "keys.enable", "enabled"), ("disable", "keys.disable", "disabled"),
                                ("remove", "keys.remove", "removed")):

@@ -165,7 +165,7 @@ def codexproxy_select_account(app, exchange):
     cfg = app.plugin_config("routing")
     pool = candidates(app, exchange)
     # The conversation's bound account first, else the one the transport keeps (a socket's last turn's).
-    if owner := (cfg.sticky_ttl_s and _bindings(app).owner_of(exchange)) or getattr(exchange, "prefer_account", None):
+    if owner := (cfg.sticky_ttl_s and _bindings(app).owner_of(exchange)) or exchange.prefer_account:
         pool.sort(key=lambda a: a.id != owner)  # stable: the owner first, then the strategy's order
     if not pool:
         raise _no_account_error(app, exchange)
