@@ -395,3 +395,30 @@ def pytest_make_collect_report(collector):
     report = outcome.get_result()
     if _in_ci() and report.skipped:  # a module-level skip / importorskip
         _skip_as_failure(report, collector.nodeid)
+
+
+# --- a failed test must not hang the run ------------------------------------------------------------
+# A test that times out in the middle of its round leaves its helper threads looping (their stop
+# event is never set); non-daemon ones keep the interpreter -- and CI -- waiting after the summary
+# until CI's own limit kills it, and then nothing of the run is reported. Name them and leave.
+
+LINGER_GRACE_S = 10.0
+
+
+def pytest_sessionfinish(session, exitstatus):
+    session.config._codexproxy_exitstatus = int(exitstatus)
+
+
+def pytest_unconfigure(config):
+    deadline = time.monotonic() + LINGER_GRACE_S
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    lingering = [t.name for t in threading.enumerate()
+                 if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    if lingering:
+        sys.stdout.flush()
+        sys.stderr.write(f"tests left non-daemon threads running ({', '.join(lingering)}); exiting instead of waiting for them\n")
+        sys.stderr.flush()
+        atexit._run_exitfuncs()  # the servers the fixtures registered still get stopped
+        os._exit(getattr(config, "_codexproxy_exitstatus", 1) or 1)  # a leaked thread is a test bug

@@ -600,6 +600,7 @@ CRASH_ROUNDS = 20
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(CRASH_ROUNDS * 20)  # ~5 s a round here; CI machines are slower and shared
 def test_kill_9_during_heavy_writes_loses_nothing_acknowledged(make_proxy, fake):
     """20 x: the proxy serves and logs requests (some failing over, cooling an account), writes
     usage from every answer, while the CLI creates keys and another process updates accounts
@@ -648,23 +649,25 @@ def test_kill_9_during_heavy_writes_loses_nothing_acknowledged(make_proxy, fake)
                 key, _ = keys.create(f"w-{round_}-{n}")
                 acked_keys.add(key.id)
 
-        threads = [threading.Thread(target=traffic, args=(i,)) for i in range(6)]
-        threads += [threading.Thread(target=usage_churn), threading.Thread(target=writer)]
+        threads = [threading.Thread(target=traffic, args=(i,), daemon=True) for i in range(6)]
+        threads += [threading.Thread(target=usage_churn, daemon=True), threading.Thread(target=writer, daemon=True)]
         cli = subprocess.Popen([PYTHON, "-m", "codexproxy", "keys", "create", f"cli-{round_}", "--json", "-c", str(proxy.config_path)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=proxy.dir, env=proxy.env)
         for t in threads:
             t.start()
-        # Kill at a random moment, but only once this round has carried traffic: on a loaded machine a
-        # fixed sleep could end before the first answer, and the round would test nothing.
-        before = len(acked_models)
-        deadline = time.monotonic() + 30
-        while len(acked_models) < before + 5 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(rng.uniform(0.0, 0.8))
-        os.kill(proxy.pid, signal.SIGKILL)
-        proxy.process.wait(10)
-        proxy.process = None
-        stop.set()
+        try:
+            # Kill at a random moment, but only once this round has carried traffic: on a loaded machine a
+            # fixed sleep could end before the first answer, and the round would test nothing.
+            before = len(acked_models)
+            deadline = time.monotonic() + 30
+            while len(acked_models) < before + 5 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0.0, 0.8))
+            os.kill(proxy.pid, signal.SIGKILL)
+            proxy.process.wait(10)
+            proxy.process = None
+        finally:  # a failure or a timeout above must not leave the writers looping
+            stop.set()
         for t in threads:
             t.join(15)
         out, err = cli.communicate(timeout=60)
