@@ -279,7 +279,8 @@ def startup_with_rows(cp: CodexProxy, workdir: Path, rows: int, rounds: int = 2)
 
 def converter_throughput(cpu_s: float) -> dict[str, float]:
     from codexproxy import sse
-    from codexproxy.pipeline import PassthroughTransform
+    from codexproxy.exchange import Exchange
+    from codexproxy.pipeline import PassthroughTransform, StreamSession
     from plugins.adapter.anthropic import AnthropicStream
     from plugins.adapter.chat import ChatStream
     from plugins.adapter.responses import ResponsesStream
@@ -302,13 +303,13 @@ def converter_throughput(cpu_s: float) -> dict[str, float]:
         events = 0
         start = time.process_time()
         while time.process_time() - start < cpu_s:
-            parser, transform = sse.SSEParser(), make()
-            transform.start(200, {"content-type": "text/event-stream"})
+            # As the HTTP adapter drives it: parse, observe, convert, frame as SSE.
+            session = StreamSession(Exchange(method="POST", path="/", query={}, headers={}, body=b""), make())
+            session.transform.start(200, {"content-type": "text/event-stream"})
             for chunk in chunks:
-                evs = parser.feed(chunk)
-                transform.feed(chunk, evs)
-                events += len(evs)
-            transform.finish(None)
+                session.feed(chunk).http_bytes()
+            session.finish(None).http_bytes()
+            events += len(chunks)
         out[name] = events / (time.process_time() - start)
     return out
 

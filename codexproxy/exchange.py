@@ -145,20 +145,27 @@ class Usage:
 
 
 class StreamTransform(Protocol):
-    """Turns the upstream's SSE stream into what the client receives, chunk by chunk.
+    """Turns the upstream's events into the client's, event by event; never sees bytes.
 
-    `feed` gets each raw upstream chunk with the events it completed and returns the bytes to
-    send now (b"" to send nothing yet). `finish` is called once at the end with `error` set
-    when the stream failed (cut, idle timeout, or ended without `response.completed`) and
-    returns the final bytes, which must tell the client about the error in its protocol.
-    `status`/`headers` may be changed in `start` before the response head is sent.
+    `feed` gets the upstream events each chunk completed and returns the client's events to
+    send now ([] for none yet). `finish` is called once at the end, with `error` set when the
+    stream failed (cut, idle timeout, or ended without `response.completed`), and returns the
+    last events, which must tell the client about the error in its protocol. Events are
+    `codexproxy.sse.SSEEvent`s (`codexproxy.sse.new_event(name, data)`; name "" for
+    data-only protocols); the transport frames them: SSE for HTTP, one message per event for
+    WebSocket. `streams = False` marks a transform for a client that asked for no stream: it
+    returns nothing from `feed` and its whole answer as one event from `finish`, whose `data`
+    is the JSON body. `status`/`headers` may be changed in `start` before the response head is
+    sent.
     """
+
+    streams: bool
 
     def start(self, status: int, headers: dict[str, str]) -> tuple[int, dict[str, str]]: ...
 
-    def feed(self, raw: bytes, events: list[SSEEvent]) -> bytes: ...
+    def feed(self, events: list[SSEEvent]) -> list[SSEEvent]: ...
 
-    def finish(self, error: GatewayError | None) -> bytes: ...
+    def finish(self, error: GatewayError | None) -> list[SSEEvent]: ...
 
 
 @dataclass

@@ -15,7 +15,7 @@ the same steps, so a plugin never needs to know which it got (`exchange.transpor
 logging): exchange_start -> route -> authenticate -> prepare_request -> select_account ->
 upstream_request -> [upstream] -> upstream_response -> (upstream_failed -> upstream_request
 again on another attempt) -> response_transform -> exchange_done. The adapter frames what the
-transform produces for its client (SSE bytes for HTTP, one message per event for WebSocket);
+transform produces for its client (events: SSE for HTTP, one message per event for WebSocket);
 errors raised as GatewayError are rendered in the client's protocol by `render_error`.
 
 Shared state (codexproxy/state.py, `app.state`): anything a plugin keeps beyond one request
@@ -148,10 +148,11 @@ def codexproxy_upstream_failed(app, exchange, attempt):
 
 @hookspec(firstresult=True)
 def codexproxy_response_transform(app, exchange):
-    """Return a StreamTransform (codexproxy.exchange) that turns the upstream SSE into the
-    client's protocol, or None for byte-for-byte passthrough. Its output is SSE text: the
-    HTTP adapter sends it as it is, the WebSocket adapter sends each event's data as one
-    message."""
+    """Return a StreamTransform (codexproxy.exchange) that turns the upstream's events into
+    the client's protocol, or None to pass the upstream's stream through (byte for byte on
+    HTTP). A transform yields events, never bytes: the HTTP adapter frames them as SSE (or,
+    for a non-stream transform, sends its one event's data as the JSON body), the WebSocket
+    adapter sends each event's data as one message."""
 
 
 @hookspec(firstresult=True)

@@ -283,33 +283,63 @@ class Pipeline:
             log.error("exchange_done hook failed: %s", traceback.format_exc(limit=6))
 
 
+@dataclass(slots=True)
+class StreamOutput:
+    """What the client gets for one upstream chunk, or at the end, before framing.
+
+    `events`: the client's events, whole, in order. `raw`: when the upstream passes through
+    unchanged, the bytes to send instead of framing `events` anew -- the upstream's own, as
+    they came (keep-alive comments and all; an event split across chunks goes out in pieces),
+    plus the framing of any event the proxy added at the end. `streams` is False for the one
+    JSON answer of a client that asked for no stream."""
+
+    events: list[sse.SSEEvent]
+    raw: bytes | None = None
+    streams: bool = True
+
+    def __bool__(self) -> bool:
+        return bool(self.events) or bool(self.raw)
+
+    def http_bytes(self) -> bytes:
+        """Framed for HTTP: SSE, or the body of a non-stream answer."""
+        if self.raw is not None:
+            return self.raw
+        if not self.streams:
+            return "".join(ev.data for ev in self.events).encode()
+        return sse.frame(self.events)
+
+
 class StreamSession:
     """One answered attempt's upstream SSE, read once: the exchange learns usage and the
     terminal event from it, and the transform (or passthrough) says what the client gets.
 
-    `feed(chunk)` and `finish(error)` return the client's bytes: SSE in the client's protocol
-    (the HTTP adapter sends them as they are, so passthrough stays byte for byte, keep-alive
-    comments included; the WebSocket adapter sends each event of them as one message).
-    Never raises.
+    `feed(chunk)` and `finish(error)` return a StreamOutput: the client's events for the
+    transport to frame (SSE for HTTP, one message per event for WebSocket), and, when the
+    stream passes through, the upstream's own bytes so HTTP stays byte for byte. Never raises.
     """
 
     def __init__(self, ex: Exchange, transform: Any = None) -> None:
         self.ex = ex
         self.transform = transform or PassthroughTransform()
+        self.passthrough = getattr(self.transform, "passthrough", False)
+        self.streams = getattr(self.transform, "streams", True)
         self.parser = sse.SSEParser()
         self.failed: GatewayError | None = None
         self.finished = False
         self.headers: dict[str, str] = {}
 
-    def feed(self, chunk: bytes) -> bytes:
+    def _output(self, events: list[sse.SSEEvent], raw: bytes | None) -> StreamOutput:
+        return StreamOutput(events, raw if self.passthrough else None, self.streams)
+
+    def feed(self, chunk: bytes) -> StreamOutput:
         try:
             events = self.parser.feed(chunk)
             for event in events:
                 self.observe(event)
-            out = self.transform.feed(chunk, events)
+            out = self._output(self.transform.feed(events), chunk)
         except Exception:
             log.exception("stream transform failed")
-            return b""
+            return self._output([], b"")
         if out and self.ex.ttfb_ms is None:
             self.ex.ttfb_ms = self.ex.elapsed_ms()
         return out
@@ -326,40 +356,46 @@ class StreamSession:
             self.failed = gateway_error_from_event(event)
             self.ex.error = f"upstream {kind}: {self.failed.code or ''} {self.failed.message}".strip()
 
-    def finish(self, error: GatewayError | None = None) -> bytes:
+    def finish(self, error: GatewayError | None = None) -> StreamOutput:
         """The upstream ended (`error`: it broke). A stream that ends without a terminal event
         is an error the client must be told about, in its protocol."""
         if self.finished:
-            return b""
+            return self._output([], b"")
         self.finished = True
-        out = b""
+        events: list[sse.SSEEvent] = []
+        added: list[sse.SSEEvent] = []
         try:
-            tail = self.parser.flush()
+            tail = self.parser.flush()  # its bytes already went out raw, when passing through
             for event in tail:
                 self.observe(event)
             if tail:
-                out += self.transform.feed(b"", tail)
+                events += self.transform.feed(tail)
             if error is None and not self.ex.completed and self.failed is None:
                 error = stream_cut_error()
             if error is not None:
                 self.ex.error = self.ex.error or error.message
-            out += self.transform.finish(error or self.failed)
+            added = self.transform.finish(error or self.failed)
         except Exception:
             log.exception("stream transform failed at the end")
-        return out
+        return self._output(events + added, sse.frame(added))
 
 
 def run_transform(transform: Any, chunks: list[bytes] | tuple[bytes, ...], error: GatewayError | None = None) -> bytes:
-    """A whole upstream body through a transform exactly as the adapters drive it (one
-    StreamSession: parse, observe, feed, flush, finish); for tests and offline tools."""
+    """A whole upstream body through a transform exactly as the HTTP adapter drives it (one
+    StreamSession: parse, observe, feed, flush, finish; framed for HTTP); for tests and
+    offline tools."""
     session = StreamSession(Exchange(method="POST", path="/", query={}, headers={}, body=b""), transform)
-    out = b"".join(session.feed(chunk) for chunk in chunks)
-    return out + session.finish(error)
+    out = b"".join(session.feed(chunk).http_bytes() for chunk in chunks)
+    return out + session.finish(error).http_bytes()
 
 
 class PassthroughTransform:
-    """Byte-for-byte passthrough; on a broken stream, a final `response.failed` event
-    (an upstream failure event already went through as it was)."""
+    """The upstream's events as they are (the session sends its bytes on HTTP); on a broken
+    stream, a final `response.failed` event (an upstream failure event already went through
+    as it was)."""
+
+    passthrough = True
+    streams = True
 
     def __init__(self) -> None:
         self.ended = False
@@ -367,15 +403,15 @@ class PassthroughTransform:
     def start(self, status: int, headers: dict[str, str]) -> tuple[int, dict[str, str]]:
         return status, headers
 
-    def feed(self, raw: bytes, events: list[sse.SSEEvent]) -> bytes:
+    def feed(self, events: list[sse.SSEEvent]) -> list[sse.SSEEvent]:
         for event in events:
             if event.event in TERMINAL_OK or event.event in TERMINAL_FAILED:
                 self.ended = True
-        return raw
+        return events
 
-    def finish(self, error: GatewayError | None) -> bytes:
+    def finish(self, error: GatewayError | None) -> list[sse.SSEEvent]:
         if error is None or self.ended:
-            return b""
+            return []
         self.ended = True
-        return sse.encode("response.failed", {"type": "response.failed", "response": {
-            "status": "failed", "error": {"code": error.code, "message": error.message}}})
+        return [sse.new_event("response.failed", {"type": "response.failed", "response": {
+            "status": "failed", "error": {"code": error.code, "message": error.message}}})]

@@ -203,8 +203,8 @@ class Gateway:
 
     def _finish_buffered(self, flow: http.HTTPFlow, ex: Exchange, session: StreamSession) -> None:
         """A client that asked for no stream: the whole upstream SSE is here; convert it."""
-        out = session.feed(flow.response.raw_content or b"")
-        out += session.finish()
+        out = session.feed(flow.response.raw_content or b"").http_bytes()
+        out += session.finish().http_bytes()
         error = session.failed or (None if ex.completed else stream_cut_error())
         if error is not None:
             flow.response = http_response(self.pipeline.error_answer(ex, error))

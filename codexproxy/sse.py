@@ -118,3 +118,16 @@ def encode(event: str | None, data: Any) -> bytes:
     head = f"event: {event}\n" if event else ""
     body = "".join(f"data: {line}\n" for line in data.split("\n"))
     return (head + body + "\n").encode("utf-8")
+
+
+def new_event(name: str, data: Any) -> SSEEvent:
+    """An event for a client, before framing: `name` is "" for data-only protocols (chat
+    completions); `data` that is not a str is JSON-encoded compactly."""
+    if not isinstance(data, str):
+        data = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    return SSEEvent(name, data)
+
+
+def frame(events: list[SSEEvent]) -> bytes:
+    """Events as SSE bytes (no `event:` line for "" or the default "message")."""
+    return b"".join(encode(ev.event if ev.event != "message" else None, ev.data) for ev in events)

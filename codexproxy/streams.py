@@ -12,7 +12,7 @@ from .stream_endings import ACCOUNT_FAILURE_CODES, PRELUDE_EVENTS, TERMINAL_FAIL
 
 class StreamPump:
     """flow.response.stream callable: hands each upstream chunk to the exchange's
-    StreamSession and returns the client's bytes. Never raises, never returns b"" before
+    StreamSession and returns the client's bytes (its events framed as SSE). Never raises, never returns b"" before
     the end (mitmproxy would end the chunked body there)."""
 
     def __init__(self, session: StreamSession) -> None:
@@ -20,12 +20,12 @@ class StreamPump:
 
     def __call__(self, chunk: bytes) -> list[bytes]:
         # Only non-empty chunks: an empty one would be sent as a chunked terminator.
-        out = self.session.finish() if chunk == b"" else self.session.feed(chunk)
+        out = (self.session.finish() if chunk == b"" else self.session.feed(chunk)).http_bytes()
         return [out] if out else []
 
     def abort(self, message: str) -> list[bytes]:
         """The upstream broke mid-stream (cut or idle): the client's last bytes."""
-        tail = self.session.finish(stream_cut_error(message))
+        tail = self.session.finish(stream_cut_error(message)).http_bytes()
         return [tail] if tail else []
 
 

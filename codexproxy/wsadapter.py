@@ -50,9 +50,9 @@ from mitmproxy.proxy.layers import websocket as ws_layers
 from mitmproxy.websocket import WebSocketMessage
 from wsproto.frame_protocol import Opcode
 
-from . import failover, sse, wire
+from . import failover, wire
 from .exchange import Exchange, GatewayError, LocalResponse
-from .pipeline import Pipeline, UpstreamCall, plugin_error
+from .pipeline import Pipeline, StreamOutput, UpstreamCall, plugin_error
 from .proxy import SOCKET, exchange_from_request, http_response
 from .streams import HoldWatch
 from .stream_endings import stream_cut_error
@@ -325,39 +325,43 @@ class WebSocketGateway:
                     if isinstance(verdict, GatewayError):
                         return await self.pipeline.failed(ex, stream_failure=verdict), None
                     out.send(session.feed(b"".join(held)))
-                out.send(session.finish(), final=True)
+                out.send(session.finish())
                 sock.turn_output, sock.turn_response_id = out.items, out.response_id
                 return None, None
         except httpx.TransportError as exc:
             reason = f"{type(exc).__name__}: {exc}".rstrip(": ")
             if not released:
                 return await self.pipeline.failed(ex, transport_error=reason), None
-            out.send(session.finish(stream_cut_error(reason)) if session else b"", final=True)
+            if session is not None:
+                out.send(session.finish(stream_cut_error(reason)))
             return None, reason
 
 
 class _Outbox:
-    """A turn's client side: SSE bytes from the session, one message per event; it also keeps
-    the turn's output items and response id for the next turn's `previous_response_id`."""
+    """A turn's client side: the session's events, one message each (whole events only: the
+    session's parser completes an event split across upstream chunks before it is one); it
+    also keeps the turn's output items and response id for the next turn's
+    `previous_response_id`."""
+
+    REMEMBERED = ("response.output_item.done", "response.created", "response.completed")
 
     def __init__(self, gateway: WebSocketGateway, flow: http.HTTPFlow) -> None:
         self.gateway, self.flow = gateway, flow
-        self.parser = sse.SSEParser()
         self.items: list = []
         self.response_id: str | None = None
 
-    def send(self, raw: bytes, final: bool = False) -> None:
-        """Only whole events go out: one split across upstream chunks waits for its end (the
-        parser is flushed at the end of the turn only)."""
-        events = self.parser.feed(raw) + (self.parser.flush() if final else [])
-        for event in events:
+    def send(self, out: StreamOutput) -> None:
+        for event in out.events:
+            if event.type not in self.REMEMBERED:
+                continue
             payload = event.json()
             if isinstance(payload, dict):
                 if payload.get("type") == "response.output_item.done" and isinstance(payload.get("item"), dict):
                     self.items.append(payload["item"])
                 elif payload.get("type") in ("response.created", "response.completed") and isinstance(payload.get("response"), dict):
                     self.response_id = payload["response"].get("id") or self.response_id
-        self.gateway._send(self.flow, *(event.data for event in events))
+        if out.events:
+            self.gateway._send(self.flow, *(event.data for event in out.events))
 
 
 class Outgoing(ws_layers.WebSocketMessageInjected):

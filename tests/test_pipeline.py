@@ -16,7 +16,7 @@ from mitmproxy import http
 from codexproxy import sse, wire
 from codexproxy.exchange import GatewayError, LocalResponse
 from codexproxy.models import Account
-from codexproxy.pipeline import Pipeline, UpstreamCall
+from codexproxy.pipeline import Pipeline, StreamOutput, UpstreamCall
 from codexproxy.proxy import exchange_from_request
 from codexproxy.streams import HoldWatch
 
@@ -46,7 +46,7 @@ class ScriptedUpstream:
         return self.answers.pop(0)
 
 
-async def _run_attempts(pipeline: Pipeline, ex, step, upstream: ScriptedUpstream, chunks_out: list[bytes]):
+async def _run_attempts(pipeline: Pipeline, ex, step, upstream: ScriptedUpstream, chunks_out: list[StreamOutput]):
     """What both adapters do per attempt: answered -> hold back the prelude -> stream, or failed."""
     while isinstance(step, UpstreamCall):
         status, headers, body = upstream(step)
@@ -66,16 +66,16 @@ async def _run_attempts(pipeline: Pipeline, ex, step, upstream: ScriptedUpstream
     return step
 
 
-async def _through_pipeline(pipeline: Pipeline, ex, raw: bytes, upstream: ScriptedUpstream) -> LocalResponse | bytes:
+async def _through_pipeline(pipeline: Pipeline, ex, raw: bytes, upstream: ScriptedUpstream) -> LocalResponse | list[StreamOutput]:
     """What both adapters do with one exchange: start, admit, begin, the attempts, done. The
-    answer is the client's SSE bytes, or a LocalResponse (an error) for the adapter to frame."""
+    answer is the client's events, or a LocalResponse (an error), for the adapter to frame."""
     pipeline.start(ex)
-    out: list[bytes] = []
+    out: list[StreamOutput] = []
     try:
         pipeline.admit(ex, len(raw))
         step = await pipeline.begin(ex, raw)
         step = await _run_attempts(pipeline, ex, step, upstream, out)
-        return step if isinstance(step, LocalResponse) else b"".join(out)
+        return step if isinstance(step, LocalResponse) else out
     except GatewayError as err:
         return pipeline.error_answer(ex, err)
     finally:
@@ -95,7 +95,7 @@ class FakeHTTPTransport:
         answer = await _through_pipeline(self.pipeline, ex, raw, self.upstream)
         if isinstance(answer, LocalResponse):
             return answer.status, answer.encoded()[0]
-        return ex.status, answer
+        return ex.status, b"".join(output.http_bytes() for output in answer)  # SSE framing
 
 
 class FakeSocketTransport:
@@ -112,8 +112,7 @@ class FakeSocketTransport:
         answer = await _through_pipeline(self.pipeline, ex, raw, self.upstream)
         if isinstance(answer, LocalResponse):
             return [{"type": "error", "status": answer.status, "error": json.loads(answer.encoded()[0]).get("error")}]
-        parser = sse.SSEParser()
-        return [event.json() for event in parser.feed(answer) + parser.flush()]
+        return [event.json() for output in answer for event in output.events]  # a message each
 
 
 def _setup(app, accounts: int = 2):

@@ -9,7 +9,7 @@ import uuid
 from typing import Any
 
 from codexproxy.exchange import GatewayError
-from codexproxy.sse import encode
+from codexproxy.sse import SSEEvent, new_event
 
 from .common import Aggregate, EventStream, ToolCall, message_text, reasoning_text, usage_counts
 from .reasoning import signature_of
@@ -53,7 +53,7 @@ def _tool_input(item: dict) -> dict:
 
 
 class AnthropicStream(EventStream):
-    """Upstream Responses events -> Anthropic Messages SSE, event by event.
+    """Upstream Responses events -> Anthropic Messages events, event by event.
 
     Anthropic blocks are strictly sequential (one open at a time); Responses output items are
     too, so each reasoning item, message text and tool call becomes one block.
@@ -67,23 +67,23 @@ class AnthropicStream(EventStream):
         self._open: tuple[str, Any] | None = None  # (block kind, output index) of the open block
         self._index = 0  # index of the open (or next) block
 
-    def on_created(self) -> bytes:
+    def on_created(self) -> list[SSEEvent]:
         return self._message_start()
 
-    def on_text(self, index: Any, text: str) -> bytes:
+    def on_text(self, index: Any, text: str) -> list[SSEEvent]:
         return self._open_block(("text", index), {"type": "text", "text": ""}) + \
             self._delta({"type": "text_delta", "text": text})
 
-    def on_reasoning_part(self, index: Any) -> bytes:
+    def on_reasoning_part(self, index: Any) -> list[SSEEvent]:
         # A new summary part of the open thinking block: a paragraph break.
-        return self.on_reasoning(index, "\n\n") if self._open == ("thinking", index) else b""
+        return self.on_reasoning(index, "\n\n") if self._open == ("thinking", index) else []
 
-    def on_reasoning(self, index: Any, text: str) -> bytes:
+    def on_reasoning(self, index: Any, text: str) -> list[SSEEvent]:
         block = {"type": "thinking", "thinking": "", "signature": ""}
         return self._open_block(("thinking", index), block) + \
             self._delta({"type": "thinking_delta", "thinking": text})
 
-    def on_tool_start(self, index: Any, call: ToolCall, item: dict[str, Any]) -> bytes:
+    def on_tool_start(self, index: Any, call: ToolCall, item: dict[str, Any]) -> list[SSEEvent]:
         block = {"type": "tool_use", "id": item.get("call_id") or item.get("id"),
                  "name": item.get("name") or "", "input": {}}
         out = self._open_block(("tool", index), block)
@@ -91,15 +91,15 @@ class AnthropicStream(EventStream):
             out += self._json_delta('{"input":"')
         return out
 
-    def on_tool_input(self, index: Any, call: ToolCall, fragment: str) -> bytes:
+    def on_tool_input(self, index: Any, call: ToolCall, fragment: str) -> list[SSEEvent]:
         if self._open != ("tool", index):
-            return b""
+            return []
         if call.custom:
             fragment = json.dumps(fragment, ensure_ascii=False)[1:-1]
         return self._json_delta(fragment)
 
-    def on_item_done(self, index: Any, item: dict[str, Any]) -> bytes:
-        out = b""
+    def on_item_done(self, index: Any, item: dict[str, Any]) -> list[SSEEvent]:
+        out = []
         signature = signature_of(item) if item.get("type") == "reasoning" else ""
         if signature:
             # The encrypted reasoning rides in the thinking block's signature (a block of its
@@ -110,7 +110,7 @@ class AnthropicStream(EventStream):
             out += self._close()
         return out
 
-    def on_end(self, kind: str, response: dict[str, Any]) -> bytes:
+    def on_end(self, kind: str, response: dict[str, Any]) -> list[SSEEvent]:
         details = response.get("incomplete_details")
         reason = details.get("reason") if isinstance(details, dict) else None
         stop = _stop_reason(kind, reason, bool(self.calls))
@@ -119,42 +119,42 @@ class AnthropicStream(EventStream):
                                        "usage": _usage(response.get("usage") or {})}) + \
             self._ev("message_stop", {})
 
-    def render_error(self, error: GatewayError) -> bytes:
-        return encode("error", anthropic_error_body(error))
+    def render_error(self, error: GatewayError) -> list[SSEEvent]:
+        return [new_event("error", anthropic_error_body(error))]
 
-    def _ev(self, name: str, payload: dict) -> bytes:
-        return encode(name, {"type": name, **payload})
+    def _ev(self, name: str, payload: dict) -> list[SSEEvent]:
+        return [new_event(name, {"type": name, **payload})]
 
-    def _message_start(self) -> bytes:
+    def _message_start(self) -> list[SSEEvent]:
         if self._started:
-            return b""
+            return []
         self._started = True
         return self._ev("message_start", {"message": {
             "id": self.message_id, "type": "message", "role": "assistant", "model": self.model,
             "content": [], "stop_reason": None, "stop_sequence": None,
             "usage": {"input_tokens": 0, "output_tokens": 0}}})
 
-    def _open_block(self, key: tuple[str, Any], block: dict) -> bytes:
+    def _open_block(self, key: tuple[str, Any], block: dict) -> list[SSEEvent]:
         if self._open == key:
-            return b""
+            return []
         out = self._message_start() + self._close()
         self._open = key
         return out + self._ev("content_block_start", {"index": self._index, "content_block": block})
 
-    def _close(self) -> bytes:
+    def _close(self) -> list[SSEEvent]:
         if self._open is None:
-            return b""
+            return []
         call = self.calls.get(self._open[1]) if self._open[0] == "tool" else None
-        out = self._json_delta('"}') if call is not None and call.custom else b""
+        out = self._json_delta('"}') if call is not None and call.custom else []
         out += self._ev("content_block_stop", {"index": self._index})
         self._open = None
         self._index += 1
         return out
 
-    def _delta(self, delta: dict) -> bytes:
+    def _delta(self, delta: dict) -> list[SSEEvent]:
         return self._ev("content_block_delta", {"index": self._index, "delta": delta})
 
-    def _json_delta(self, fragment: str) -> bytes:
+    def _json_delta(self, fragment: str) -> list[SSEEvent]:
         return self._delta({"type": "input_json_delta", "partial_json": fragment})
 
 

@@ -12,6 +12,7 @@ import uuid
 from typing import Any
 
 from codexproxy.exchange import GatewayError
+from codexproxy.sse import SSEEvent, new_event
 
 from .reasoning import reasoning_detail, reasoning_from_details
 from .common import (Aggregate, EventStream, ToolCall, bad_request, checked_role, message_item, message_text, parse_model_effort,
@@ -316,15 +317,17 @@ def chat_usage(usage: dict[str, Any]) -> dict[str, Any]:
             "completion_tokens_details": {"reasoning_tokens": counts["reasoning"]}}
 
 
-def _data(payload: Any) -> bytes:
-    return b"data: " + json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
+def _data(payload: Any) -> list[SSEEvent]:
+    """A data-only event: chat completions' SSE has no `event:` lines."""
+    return [new_event("", payload)]
 
 
-_DONE = b"data: [DONE]\n\n"
+def _done() -> list[SSEEvent]:
+    return [SSEEvent("", "[DONE]")]
 
 
 class ChatStream(EventStream):
-    """Upstream Responses events -> `chat.completion.chunk` SSE, event by event.
+    """Upstream Responses events -> `chat.completion.chunk` events, event by event.
 
     Subclasses change the chunk shape by overriding `_chunk` and `_usage_chunk`.
     """
@@ -340,53 +343,53 @@ class ChatStream(EventStream):
         self._reasoned = False
         self._details = 0  # reasoning_details entries sent
 
-    def on_created(self) -> bytes:
-        return b"" if self._role_sent else self._chunk({"content": ""})
+    def on_created(self) -> list[SSEEvent]:
+        return [] if self._role_sent else self._chunk({"content": ""})
 
-    def on_text(self, index: Any, text: str) -> bytes:
+    def on_text(self, index: Any, text: str) -> list[SSEEvent]:
         return self._chunk({"content": text})
 
-    def on_refusal(self, index: Any, text: str) -> bytes:
+    def on_refusal(self, index: Any, text: str) -> list[SSEEvent]:
         return self._chunk({"refusal": text})
 
-    def on_reasoning_part(self, index: Any) -> bytes:
+    def on_reasoning_part(self, index: Any) -> list[SSEEvent]:
         # Summary parts (and reasoning items) are paragraphs: keep them apart.
-        return self._chunk({"reasoning_content": "\n\n"}) if self._reasoned else b""
+        return self._chunk({"reasoning_content": "\n\n"}) if self._reasoned else []
 
-    def on_reasoning(self, index: Any, text: str) -> bytes:
+    def on_reasoning(self, index: Any, text: str) -> list[SSEEvent]:
         self._reasoned = True
         return self._chunk({"reasoning_content": text})
 
-    def on_tool_start(self, index: Any, call: ToolCall, item: dict[str, Any]) -> bytes:
+    def on_tool_start(self, index: Any, call: ToolCall, item: dict[str, Any]) -> list[SSEEvent]:
         key, field = ("custom", "input") if call.custom else ("function", "arguments")
         head = {"index": call.number, "id": item.get("call_id") or item.get("id"),
                 "type": key, key: {"name": item.get("name") or "", field: ""}}
         return self._chunk({"tool_calls": [head]})
 
-    def on_tool_input(self, index: Any, call: ToolCall, fragment: str) -> bytes:
+    def on_tool_input(self, index: Any, call: ToolCall, fragment: str) -> list[SSEEvent]:
         key, field = ("custom", "input") if call.custom else ("function", "arguments")
         return self._chunk({"tool_calls": [{"index": call.number, key: {field: fragment}}]})
 
-    def on_item_done(self, index: Any, item: dict[str, Any]) -> bytes:
+    def on_item_done(self, index: Any, item: dict[str, Any]) -> list[SSEEvent]:
         detail = reasoning_detail(item, self._details) if item.get("type") == "reasoning" else None
         if detail is None:
-            return b""
+            return []
         self._details += 1
         return self._chunk({"reasoning_details": [detail]})
 
-    def on_end(self, kind: str, response: dict[str, Any]) -> bytes:
+    def on_end(self, kind: str, response: dict[str, Any]) -> list[SSEEvent]:
         details = response.get("incomplete_details")
         reason = details.get("reason") if isinstance(details, dict) else None
         out = self._chunk({}, finish_reason(kind, reason, bool(self.calls)))
         if self.include_usage:
             out += self._usage_chunk(chat_usage(response.get("usage") or {}))
-        return out + _DONE
+        return out + _done()
 
-    def render_error(self, error: GatewayError) -> bytes:
+    def render_error(self, error: GatewayError) -> list[SSEEvent]:
         # An error object in the stream, never a silent truncated success.
-        return _data(error.openai_body()) + _DONE
+        return _data(error.openai_body()) + _done()
 
-    def _chunk(self, delta: dict, finish: str | None = None) -> bytes:
+    def _chunk(self, delta: dict, finish: str | None = None) -> list[SSEEvent]:
         if not self._role_sent:
             self._role_sent = True
             delta = {"role": "assistant", **delta}
@@ -394,7 +397,7 @@ class ChatStream(EventStream):
                       "created": self.created, "model": self.model,
                       "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]})
 
-    def _usage_chunk(self, usage: dict) -> bytes:
+    def _usage_chunk(self, usage: dict) -> list[SSEEvent]:
         return _data({"id": self.completion_id, "object": "chat.completion.chunk",
                       "created": self.created, "model": self.model, "choices": [], "usage": usage})
 

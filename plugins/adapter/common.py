@@ -251,6 +251,8 @@ class EventStream:
     that ends without a terminal event, becomes `render_error`; there is only one ending.
     """
 
+    streams = True
+
     def __init__(self) -> None:
         self._ended = False
         self._texted: set[Any] = set()  # output indexes whose text was passed on
@@ -259,32 +261,32 @@ class EventStream:
     def start(self, status: int, headers: dict[str, str]) -> tuple[int, dict[str, str]]:
         return status, with_content_type(headers, "text/event-stream")
 
-    def feed(self, raw: bytes, events: list[SSEEvent]) -> bytes:
-        return b"".join(self._event(ev) for ev in events)
+    def feed(self, events: list[SSEEvent]) -> list[SSEEvent]:
+        return [out for ev in events for out in self._event(ev)]
 
-    def finish(self, error: GatewayError | None) -> bytes:
-        return b"" if self._ended else self._fail(error or stream_cut_error())
+    def finish(self, error: GatewayError | None) -> list[SSEEvent]:
+        return [] if self._ended else self._fail(error or stream_cut_error())
 
-    def _fail(self, error: GatewayError) -> bytes:
+    def _fail(self, error: GatewayError) -> list[SSEEvent]:
         self._ended = True
         return self.render_error(error)
 
-    def _event(self, ev: SSEEvent) -> bytes:
+    def _event(self, ev: SSEEvent) -> list[SSEEvent]:
         kind = ev.type
         if self._ended or kind.startswith("codex."):
-            return b""
+            return []
         if kind in ("response.failed", "error"):
             return self._fail(gateway_error_from_event(ev))
         data = ev.json()
         if not isinstance(data, dict):  # a truncated last event (cut mid-event) is not JSON
-            return b""
+            return []
         index = data.get("output_index")
         delta = data.get("delta") if isinstance(data.get("delta"), str) else ""
         if kind == "response.created":
             return self.on_created()
         if kind == "response.output_text.delta":
             self._texted.add(index)
-            return self.on_text(index, delta) if delta else b""
+            return self.on_text(index, delta) if delta else []
         if kind == "response.output_text.done":
             return self._whole_text(index, data.get("text"))
         if kind == "response.refusal.delta" and delta:
@@ -304,37 +306,37 @@ class EventStream:
         if kind in ("response.completed", "response.incomplete"):
             self._ended = True
             return self.on_end(kind, data.get("response") if isinstance(data.get("response"), dict) else {})
-        return b""
+        return []
 
-    def _whole_text(self, index: Any, text: Any) -> bytes:
+    def _whole_text(self, index: Any, text: Any) -> list[SSEEvent]:
         """Text that came whole (a `.done` event) is passed on only if no delta carried it."""
         if index in self._texted or not isinstance(text, str) or not text:
-            return b""
+            return []
         self._texted.add(index)
         return self.on_text(index, text)
 
-    def _tool_start(self, index: Any, item: Any) -> bytes:
+    def _tool_start(self, index: Any, item: Any) -> list[SSEEvent]:
         if not isinstance(item, dict) or item.get("type") not in _TOOL_ITEMS or index in self.calls:
-            return b""
+            return []
         call = self.calls[index] = ToolCall(len(self.calls), item["type"] == "custom_tool_call")
         return self.on_tool_start(index, call, item) + \
             self._tool_input(index, item.get("input" if call.custom else "arguments"))
 
-    def _tool_input(self, index: Any, text: Any, delta_only: bool = False) -> bytes:
+    def _tool_input(self, index: Any, text: Any, delta_only: bool = False) -> list[SSEEvent]:
         """Pass on a fragment (delta_only), or whatever of the final text was not sent yet."""
         call = self.calls.get(index)
         if call is None or not isinstance(text, str):
-            return b""
+            return []
         fragment = text if delta_only else text[call.sent:]
         if not fragment:
-            return b""
+            return []
         call.sent += len(fragment)
         return self.on_tool_input(index, call, fragment)
 
-    def _item_done(self, index: Any, item: Any) -> bytes:
+    def _item_done(self, index: Any, item: Any) -> list[SSEEvent]:
         if not isinstance(item, dict):
-            return b""
-        out = b""
+            return []
+        out: list[SSEEvent] = []
         if item.get("type") in _TOOL_ITEMS:
             field = "input" if item["type"] == "custom_tool_call" else "arguments"
             out = self._tool_start(index, {**item, field: ""}) + self._tool_input(index, item.get(field))
@@ -342,37 +344,37 @@ class EventStream:
             out = self._whole_text(index, message_text(item))
         return out + self.on_item_done(index, item)
 
-    # Hooks: each returns the bytes to send for what happened.
-    def on_created(self) -> bytes:
-        return b""
+    # Hooks: each returns the client's events for what happened.
+    def on_created(self) -> list[SSEEvent]:
+        return []
 
-    def on_text(self, index: Any, text: str) -> bytes:
+    def on_text(self, index: Any, text: str) -> list[SSEEvent]:
         raise NotImplementedError
 
-    def on_refusal(self, index: Any, text: str) -> bytes:
-        return b""
+    def on_refusal(self, index: Any, text: str) -> list[SSEEvent]:
+        return []
 
-    def on_reasoning_part(self, index: Any) -> bytes:
+    def on_reasoning_part(self, index: Any) -> list[SSEEvent]:
         """A new reasoning summary part starts (a paragraph break for readers)."""
-        return b""
+        return []
 
-    def on_reasoning(self, index: Any, text: str) -> bytes:
+    def on_reasoning(self, index: Any, text: str) -> list[SSEEvent]:
         raise NotImplementedError
 
-    def on_tool_start(self, index: Any, call: ToolCall, item: dict[str, Any]) -> bytes:
+    def on_tool_start(self, index: Any, call: ToolCall, item: dict[str, Any]) -> list[SSEEvent]:
         raise NotImplementedError
 
-    def on_tool_input(self, index: Any, call: ToolCall, fragment: str) -> bytes:
+    def on_tool_input(self, index: Any, call: ToolCall, fragment: str) -> list[SSEEvent]:
         raise NotImplementedError
 
-    def on_item_done(self, index: Any, item: dict[str, Any]) -> bytes:
-        return b""
+    def on_item_done(self, index: Any, item: dict[str, Any]) -> list[SSEEvent]:
+        return []
 
-    def on_end(self, kind: str, response: dict[str, Any]) -> bytes:
+    def on_end(self, kind: str, response: dict[str, Any]) -> list[SSEEvent]:
         """`response.completed` or `response.incomplete` arrived."""
         raise NotImplementedError
 
-    def render_error(self, error: GatewayError) -> bytes:
+    def render_error(self, error: GatewayError) -> list[SSEEvent]:
         raise NotImplementedError
 
 
@@ -383,6 +385,8 @@ class Aggregate:
     implement `body()` and may override `error_body()` (OpenAI's error shape by default).
     """
 
+    streams = False
+
     def __init__(self) -> None:
         self.acc = ResponseAccumulator()
         self.error: GatewayError | None = None
@@ -390,18 +394,19 @@ class Aggregate:
     def start(self, status: int, headers: dict[str, str]) -> tuple[int, dict[str, str]]:
         return status, with_content_type(headers, "application/json")
 
-    def feed(self, raw: bytes, events: list[SSEEvent]) -> bytes:
+    def feed(self, events: list[SSEEvent]) -> list[SSEEvent]:
         for ev in events:
             self.acc.feed(ev)
-        return b""
+        return []
 
-    def finish(self, error: GatewayError | None) -> bytes:
+    def finish(self, error: GatewayError | None) -> list[SSEEvent]:
+        """The whole answer, as the one event of a non-stream transform (`data` is the body)."""
         if self.acc.error:
             self.error = self.acc.error
         elif not self.acc.terminal:
             self.error = error or stream_cut_error()
         body = self.error_body(self.error) if self.error else self.body()
-        return json.dumps(body, ensure_ascii=False).encode()
+        return [SSEEvent("", json.dumps(body, ensure_ascii=False))]
 
     def body(self) -> dict[str, Any]:
         raise NotImplementedError

@@ -6,10 +6,10 @@ Only text comes back: reasoning and tool calls have no place in a text completio
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from codexproxy.exchange import GatewayError
+from codexproxy.sse import SSEEvent, new_event
 
 from .chat import IGNORED as CHAT_IGNORED
 from .chat import ChatAggregate, ChatStream
@@ -62,18 +62,17 @@ def _legacy_usage(usage: dict) -> dict:
 class CompletionsStream(ChatStream):
     """ChatStream whose chunks are `text_completion` objects carrying only text."""
 
-    def _chunk(self, delta: dict, finish: str | None = None) -> bytes:
+    def _chunk(self, delta: dict, finish: str | None = None) -> list[SSEEvent]:
         text = delta.get("content")
         if not text and finish is None:
-            return b""  # role, reasoning and tool-call deltas have no legacy form
-        body = _completion(self.completion_id, self.created, self.model, text or "", finish)
-        return b"data: " + json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
+            return []  # role, reasoning and tool-call deltas have no legacy form
+        return [new_event("", _completion(self.completion_id, self.created, self.model, text or "", finish))]
 
-    def _usage_chunk(self, usage: dict) -> bytes:
+    def _usage_chunk(self, usage: dict) -> list[SSEEvent]:
         body = _completion(self.completion_id, self.created, self.model, "", None)
         body["choices"] = []
         body["usage"] = _legacy_usage(usage)
-        return b"data: " + json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
+        return [new_event("", body)]
 
 
 class CompletionsAggregate(ChatAggregate):

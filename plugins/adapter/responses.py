@@ -11,7 +11,7 @@ import hashlib
 from typing import Any
 
 from codexproxy.exchange import GatewayError
-from codexproxy.sse import SSEEvent, encode
+from codexproxy.sse import SSEEvent, new_event
 
 from .common import TERMINAL_EVENTS, Aggregate, stream_cut_error, with_content_type
 
@@ -84,6 +84,8 @@ class ResponsesStream:
     ends without a terminal event gets a `response.failed`.
     """
 
+    streams = True
+
     def __init__(self, drop_codex_events: bool) -> None:
         self.drop_codex_events = drop_codex_events
         self._ended = False
@@ -94,21 +96,20 @@ class ResponsesStream:
     def start(self, status: int, headers: dict[str, str]) -> tuple[int, dict[str, str]]:
         return status, with_content_type(headers, "text/event-stream")
 
-    def feed(self, raw: bytes, events: list[SSEEvent]) -> bytes:
-        return b"".join(self._event(ev) for ev in events)
+    def feed(self, events: list[SSEEvent]) -> list[SSEEvent]:
+        return [out for ev in events for out in self._event(ev)]
 
-    def _event(self, ev: SSEEvent) -> bytes:
+    def _event(self, ev: SSEEvent) -> list[SSEEvent]:
         kind = ev.type
         if self.drop_codex_events and kind.startswith("codex."):
-            return b""
+            return []
         data = ev.json()
         # A truncated last event (connection cut mid-event) is not JSON: never forward garbage.
         if not isinstance(data, dict):
-            return b""
-        name = ev.event if ev.event != "message" else None
+            return []
         if kind in TERMINAL_EVENTS:
             if self._ended:
-                return b""
+                return []
             self._ended = True
             response = data.get("response")
             filled = self._items and isinstance(response, dict) and not response.get("output")
@@ -117,17 +118,17 @@ class ResponsesStream:
             if kind in ("response.completed", "response.incomplete") and isinstance(response, dict):
                 self.final = response
             if filled:
-                return encode(name, {**data, "response": response})
+                return [new_event(ev.event, {**data, "response": response})]
         elif kind == "response.created" and isinstance(data.get("response"), dict):
             self._response_id = data["response"].get("id")
         elif kind == "response.output_item.done" and self.drop_codex_events:
             index = data.get("output_index")
             self._items[index if isinstance(index, int) else len(self._items)] = data.get("item")
-        return encode(name, ev.data)
+        return [ev]  # as it came (its framing: the transport's)
 
-    def finish(self, error: GatewayError | None) -> bytes:
+    def finish(self, error: GatewayError | None) -> list[SSEEvent]:
         if self._ended:
-            return b""
+            return []
         self._ended = True
         error = error or stream_cut_error()
         failed = {
@@ -140,7 +141,7 @@ class ResponsesStream:
                 "output": [],
             },
         }
-        return encode("response.failed", failed)
+        return [new_event("response.failed", failed)]
 
 
 class ResponsesAggregate(Aggregate):
