@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 
+import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
@@ -275,3 +276,62 @@ def test_an_event_split_across_upstream_chunks_arrives_whole(proxy, fake):
     assert [e["type"] for e in events][0] == "response.created" and events[-1]["type"] == "response.completed"
     assert text_of(events) == "Hello there"
     assert all(isinstance(e, dict) and e.get("type") for e in events)
+
+
+# --- a third-party transform on both transports ----------------------------------------------
+REDACTING_PLUGIN = '''
+from codexproxy import hookimpl
+from codexproxy.sse import new_event
+
+
+class Redact:
+    """Written against the events interface only: no SSE, no sockets."""
+
+    streams = True
+
+    def start(self, status, headers):
+        return status, headers
+
+    def feed(self, events):
+        out = []
+        for ev in events:
+            data = ev.json()
+            if isinstance(data, dict) and data.get("type") == "response.output_text.delta":
+                out.append(new_event(ev.event, {**data, "delta": data["delta"].replace("secret", "[redacted]")}))
+            else:
+                out.append(ev)
+        return out
+
+    def finish(self, error):
+        return [new_event("codexproxy.redacted", {"type": "codexproxy.redacted"})] if error is None else []
+
+
+@hookimpl(tryfirst=True)
+def codexproxy_response_transform(app, exchange):
+    return Redact()
+'''
+
+
+def test_a_plugins_transform_works_unchanged_over_http_and_the_socket(make_proxy, fake, tmp_path):
+    """A transform yields events; each transport frames them: SSE on HTTP, one message per
+    event on the socket. The same plugin, unchanged, on both."""
+    plugin = tmp_path / "redact.py"
+    plugin.write_text(REDACTING_PLUGIN)
+    proxy = make_proxy({"plugin_paths": [str(plugin)]})
+    fake.set_default(proxy.fake_accounts[0], B.ok(text="the secret word", deltas=1))
+
+    r = httpx.post(proxy.url + "/v1/responses", json={k: v for k, v in body("hi").items() if k != "type"},
+                   headers={**proxy.auth, "content-type": "application/json"}, timeout=20)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    frames = [f for f in r.text.split("\n\n") if f.strip()]
+    assert all(f.startswith("event: ") and "\ndata: {" in f for f in frames), frames[:3]  # SSE frames
+    http_events = [json.loads(f.split("\ndata: ", 1)[1]) for f in frames]
+    assert text_of(http_events) == "the [redacted] word"
+    assert [e["type"] for e in http_events][-2:] == ["response.completed", "codexproxy.redacted"]
+
+    with open_socket(proxy) as ws:
+        events = turn(ws, body("hi"))  # up to response.completed
+        extra = json.loads(ws.recv(timeout=10))  # the transform's own last event: a message of its own
+    assert text_of(events) == "the [redacted] word"
+    assert extra == {"type": "codexproxy.redacted"}
+    assert [e["type"] for e in events] == [e["type"] for e in http_events][:-1]
