@@ -209,6 +209,11 @@ class Exchange:
     _json: Any = field(default=None, repr=False)
     _json_loaded: bool = field(default=False, repr=False)
 
+    def parsed_as(self, value: Any) -> None:
+        """The body's JSON, when the transport has it already (a WebSocket turn is parsed to
+        read its message type): a turn of a long conversation is not parsed twice."""
+        self._json, self._json_loaded = value, True
+
     def json(self) -> Any:
         """The request body parsed as JSON; raises GatewayError(400) when it is not."""
         if not self._json_loaded:

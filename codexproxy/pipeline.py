@@ -45,6 +45,16 @@ class UpstreamCall:
     body: bytes
 
 
+def json_bytes(value: Any) -> bytes:
+    """JSON as UTF-8 -- or the 400 that a lone surrogate deserves: `"\\ud800"` is valid JSON
+    text, but no Unicode, and cannot go upstream."""
+    try:
+        return json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise GatewayError(400, "Request body holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape), "
+                                "which is not valid Unicode.", code="invalid_body") from None
+
+
 def plugin_error(where: str) -> GatewayError:
     """A hook raised something other than GatewayError: fail closed, log the traceback."""
     log.error("plugin error in %s: %s", where, traceback.format_exc(limit=6))
@@ -162,11 +172,7 @@ class Pipeline:
         """The client's own bytes when no plugin changed the body; else the new JSON."""
         if ex.upstream_body is None or ex.upstream_body == ex.json():
             return ex.body
-        try:
-            return json.dumps(ex.upstream_body, ensure_ascii=False).encode()
-        except UnicodeEncodeError:
-            raise GatewayError(400, "Request body holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape), "
-                                    "which is not valid Unicode.", code="invalid_body") from None
+        return json_bytes(ex.upstream_body)
 
     def answered(self, ex: Exchange, status: int, headers: dict[str, str]) -> str:
         """The upstream's answer head for the current attempt: "retry" (an error answer: read

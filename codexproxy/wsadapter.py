@@ -52,7 +52,7 @@ from wsproto.frame_protocol import Opcode
 
 from . import failover, wire
 from .exchange import Exchange, GatewayError, LocalResponse
-from .pipeline import Pipeline, StreamOutput, UpstreamCall, plugin_error
+from .pipeline import Pipeline, StreamOutput, UpstreamCall, json_bytes, plugin_error
 from .proxy import SOCKET, exchange_from_request, http_response
 from .streams import HoldWatch
 from .stream_endings import stream_cut_error
@@ -244,8 +244,9 @@ class WebSocketGateway:
         self.pipeline.start(ex)
         transport_error = None
         try:
-            raw = json.dumps(body, ensure_ascii=False).encode()
+            raw = json_bytes(body)
             self.pipeline.admit(ex, len(raw))
+            ex.parsed_as(body)  # read once already: the pipeline need not parse it again
             step = await self.pipeline.begin(ex, raw)
             while isinstance(step, UpstreamCall):
                 step, transport_error = await self._attempt(flow, sock, ex, step)

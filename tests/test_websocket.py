@@ -148,6 +148,8 @@ BAD_MESSAGES = [  # (message, words one of which the error names)
     (json.dumps({"model": "gpt-5-codex", "input": [user("no type")]}), ["type"]),
     (json.dumps({"type": "response.create"}), ["input", "model"]),
     (json.dumps({"type": "response.create", "model": "gpt-5-codex", "input": 42}), ["input"]),
+    # json.dumps escapes it as \\ud800: a lone surrogate, valid JSON text but no Unicode
+    (json.dumps({"type": "response.create", "model": "gpt-5-codex", "input": "\ud800 x"}), ["surrogate"]),
 ]
 
 
