@@ -201,7 +201,9 @@ class WebSocketGateway:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("websocket turn failed")
+                # A bug of ours (logged with its traceback by plugin_error): the client still
+                # gets an answer rather than waiting for a turn that will not come.
+                self._bad_message(flow, plugin_error("websocket turn"))
             finally:
                 sock.busy = False
 
@@ -218,6 +220,9 @@ class WebSocketGateway:
             request = json.loads(message.text)
         except ValueError as exc:
             self._bad_message(flow, GatewayError(400, f"Message is not valid JSON: {exc}", code="invalid_message"))
+            return
+        except RecursionError:
+            self._bad_message(flow, GatewayError(400, "Message is nested too deeply to be read as JSON.", code="invalid_message"))
             return
         kind = request.get("type") if isinstance(request, dict) else None
         if kind == "response.processed":

@@ -46,8 +46,8 @@ def read_turn(ws, timeout: float = 20) -> list[dict]:
             return events
 
 
-def turn(ws, message: dict | str, timeout: float = 20) -> list[dict]:
-    ws.send(message if isinstance(message, str) else json.dumps(message))
+def turn(ws, message: dict | str | bytes, timeout: float = 20) -> list[dict]:
+    ws.send(message if isinstance(message, (str, bytes)) else json.dumps(message))
     return read_turn(ws, timeout)
 
 
@@ -337,3 +337,33 @@ def test_a_plugins_transform_works_unchanged_over_http_and_the_socket(make_proxy
     assert text_of(events) == "the [redacted] word"
     assert extra == {"type": "codexproxy.redacted"}
     assert [e["type"] for e in events] == [e["type"] for e in http_events][:-1]
+
+
+# --- the reliability corpus, over the socket ---------------------------------------------------
+def _corpus_messages() -> list[tuple[str, str | bytes]]:
+    from tests.test_reliability import BAD_BODIES, SURROGATE_BODIES, WRONG_TYPES
+
+    out: list[tuple[str, str | bytes]] = []
+    for name, raw in BAD_BODIES.items():
+        try:
+            out.append((name, raw.decode("utf-8")))  # a text message when it can be one
+        except UnicodeDecodeError:
+            out.append((name, raw))  # else binary, as a careless client would send it
+    for route in ("/v1/responses", "/backend-api/codex/responses"):
+        for body_ in WRONG_TYPES[route] + SURROGATE_BODIES[route]:
+            out.append((f"{route} {json.dumps(body_)[:60]}", json.dumps({"type": "response.create", **body_})))
+    return out
+
+
+def test_the_reliability_corpus_over_the_socket_gets_error_events_never_a_5xx(proxy, fake):
+    """Every malformed, wrongly typed or unencodable turn: a 4xx error event naming it, no
+    traceback, no upstream request, and the socket still serves the next turn."""
+    fake.set_default(proxy.fake_accounts[0], B.ok(text="still here"))
+    with open_socket(proxy) as ws:
+        for name, message in _corpus_messages():
+            events = turn(ws, message)
+            status, error = error_of(events)
+            assert status is not None and 400 <= status < 500, (name, status, error)
+            assert error.get("message") and "Traceback" not in json.dumps(error), (name, error)
+        assert text_of(turn(ws, body())) == "still here"
+    assert len(fake.requests) == 1
