@@ -12,7 +12,7 @@ from typing import Any
 
 from . import runfile
 from .config import Config
-from .logstore import LogStore
+from .logstore import open_logs
 from .plugins import PluginInfo, load_plugins
 from .scheduler import Jobs
 from .state import LocalState, open_state
@@ -32,7 +32,7 @@ class App:
         self.state = open_state(config, self.store)  # every plugin's cross-request state (state.py)
         self.accounts = self._repo(AccountRepo, "accounts")
         self.keys = self._repo(KeyRepo, "keys")
-        self.logs = LogStore(self.data_dir / "logs")
+        self.logs = open_logs(config, self.data_dir / "logs", self.state)  # local segments, or the pool's Redis stream
         self.jobs = Jobs(self)
         self.started_at = time.time()
         self.public_url: str | None = None  # set once the proxy listens

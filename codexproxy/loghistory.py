@@ -5,7 +5,8 @@ What the status page charts and `usage.history` / `codexproxy usage history` ret
 `LogStore.history()` counts the log files once, then the store hands it every row this process
 appends, so a page view copies 31 small buckets instead of reading 100k rows. Retention takes
 dropped rows back out and `logs clear` starts it over: a restart (which counts the files
-afresh) never changes the numbers. It also keeps each key's last use and today's counts
+afresh) never changes the numbers. On Redis the store feeds it the shared stream's new entries
+instead (`count`), so the buckets hold every instance's rows. It also keeps each key's last use and today's counts
 (`key_stats`), which the keys page and `keys list` show.
 """
 
@@ -15,7 +16,7 @@ import functools
 import json
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 HISTORY_HOURS = 24
 HISTORY_DAYS = 7
@@ -212,6 +213,17 @@ class LogHistory:
                 self._tally.count(row, 1)
             elif self._state == "building":
                 self._arrived.append(row)
+
+    def count(self, added: Iterable[dict[str, Any]], removed: Iterable[dict[str, Any]]) -> None:
+        """The Redis log's way (logstore_redis.py): it reads the shared stream's new entries
+        itself, so it hands over rows that arrived (from any instance) and rows the stream's cap
+        trimmed, and the tally is built from then on."""
+        with self._lock:
+            for row in added:
+                self._tally.count(row, 1)
+            for row in removed:
+                self._tally.count(row, -1)
+            self._state = "built"
 
     def forget(self, data: bytes) -> None:
         """Retention deleted a segment holding these bytes: take its rows back out. Runs in a

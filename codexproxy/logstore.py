@@ -7,6 +7,9 @@ on read. Retention drops whole old segments.
 
 Also here: `compile_query`, the log query syntax shared by the CLI, the status page and the API.
 `history()` is the log counted into hourly and daily buckets (loghistory.py).
+
+With `state.backend: redis` the log is shared by every instance instead: `open_logs` returns a
+RedisLogStore (logstore_redis.py), the same interface over one capped Redis stream.
 """
 
 from __future__ import annotations
@@ -23,7 +26,53 @@ from .loghistory import LogHistory
 SEGMENT_PREFIX = "requests-"
 
 
-class LogStore:
+def encode_row(row: dict[str, Any]) -> bytes:
+    """One log line: the row (its time set if missing) as JSON, newline-terminated."""
+    row.setdefault("time", time.time())
+    # backslashreplace: a lone surrogate a client sent (its request was refused, but is
+    # logged) is written as its JSON escape, which reads back as the same string.
+    return (json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8", "backslashreplace")
+
+
+def open_logs(config: Any, directory: str | os.PathLike, state: Any) -> "LogStore":
+    """The request log the config asks for: these local segments, or on a Redis state the
+    stream every instance writes to (the state's own client when it has one)."""
+    if getattr(getattr(config, "state", None), "backend", "tinydb") != "redis":
+        return LogStore(directory)
+    from .logstore_redis import RedisLogStore
+
+    return RedisLogStore.from_state(state, config.state.redis_url, directory)
+
+
+class LogReader:
+    """What both log stores derive from `newest_first()`: queries and the rows since a time."""
+
+    def newest_first(self) -> Iterator[dict[str, Any]]:
+        raise NotImplementedError
+
+    def query(self, match: Callable[[dict[str, Any]], bool] | None = None, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        skipped = 0
+        for row in self.newest_first():
+            if match is not None and not match(row):
+                continue
+            if skipped < offset:
+                skipped += 1
+                continue
+            out.append(row)
+            if len(out) >= limit:
+                break
+        return out
+
+    def since(self, start: float) -> Iterator[dict[str, Any]]:
+        """Rows with time >= start, newest first (stops at the first older row)."""
+        for row in self.newest_first():
+            if (row.get("time") or 0) < start:
+                return
+            yield row
+
+
+class LogStore(LogReader):
     def __init__(self, directory: str | os.PathLike, retention: int = 100_000) -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -102,10 +151,7 @@ class LogStore:
 
     # --- writing --------------------------------------------------------------------------
     def append(self, row: dict[str, Any]) -> dict[str, Any]:
-        row.setdefault("time", time.time())
-        # backslashreplace: a lone surrogate a client sent (its request was refused, but is
-        # logged) is written as its JSON escape, which reads back as the same string.
-        line = (json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8", "backslashreplace")
+        line = encode_row(row)
         with self._lock:
             fd = self._open_current()
             if os.fstat(fd).st_nlink == 0:  # `logs clear` (another process) removed our segment
@@ -180,20 +226,6 @@ class LogStore:
                 if isinstance(row, dict):
                     yield row
 
-    def query(self, match: Callable[[dict[str, Any]], bool] | None = None, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        skipped = 0
-        for row in self.newest_first():
-            if match is not None and not match(row):
-                continue
-            if skipped < offset:
-                skipped += 1
-                continue
-            out.append(row)
-            if len(out) >= limit:
-                break
-        return out
-
     def history(self) -> LogHistory:
         """The log counted into buckets: counted from the files on first use (other readers wait
         for it), then kept up to date by every append of this process."""
@@ -235,20 +267,13 @@ class LogStore:
                 if isinstance(row, dict):
                     yield row
 
-    def since(self, start: float) -> Iterator[dict[str, Any]]:
-        """Rows with time >= start, newest first (stops at the first older row)."""
-        for row in self.newest_first():
-            if (row.get("time") or 0) < start:
-                return
-            yield row
-
 
 def start_of_today() -> float:
     t = time.localtime()
     return time.mktime((t.tm_year, t.tm_mon, t.tm_mday, 0, 0, 0, 0, 0, -1))
 
 
-def key_stats(logs: LogStore) -> dict[str, dict[str, Any]]:
+def key_stats(logs: Any) -> dict[str, dict[str, Any]]:
     """Per platform key: last used, requests and tokens today (from the log's history, counted
     once and then kept up to date, not a counter written per request)."""
     return logs.history().key_stats()

@@ -1,13 +1,16 @@
 """logging: one request-log row per client request, and the `codexproxy logs` command.
 
-Rows go to the core's append-only LogStore (flat cost per write). Turned off, nothing is
-written. Tokens never reach a row: only ids, names and counts.
+Rows go to the core's request log, `app.logs`: append-only local segments (flat cost per write),
+or with `state.backend: redis` one capped Redis stream every instance writes to and reads
+(codexproxy/logstore_redis.py); this plugin does not know which. `retention` caps either. Turned
+off, nothing is written. Tokens never reach a row: only ids, names and counts.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import sys
 import threading
 from typing import Any
@@ -16,6 +19,7 @@ from pydantic import Field
 
 from codexproxy import hookimpl
 from codexproxy.config import PluginConfig
+from codexproxy.exchange import GatewayError
 from codexproxy.logstore import compile_query
 
 FIELDS = ("time", "id", "key_id", "key_name", "account_id", "account", "protocol", "transport", "method", "path", "model", "effort",
@@ -23,6 +27,8 @@ FIELDS = ("time", "id", "key_id", "key_name", "account_id", "account", "protocol
           "attempts", "error")
 
 HISTORY_BUILD_DELAY_S = 3.0
+
+log = logging.getLogger(__name__)
 
 
 class LoggingConfig(PluginConfig):
@@ -40,9 +46,16 @@ def codexproxy_startup(app):
     # Count the last week of the log into the status page's buckets soon after start-up (not
     # during it: it takes about a second of CPU at 100k rows), so the first page view does not
     # wait for it. Rows that arrive meanwhile are handed over, not lost.
-    build = threading.Timer(HISTORY_BUILD_DELAY_S, app.logs.history)
+    build = threading.Timer(HISTORY_BUILD_DELAY_S, _count_history, args=(app,))
     build.daemon = True
     build.start()
+
+
+def _count_history(app) -> None:
+    try:
+        app.logs.history()
+    except GatewayError as exc:  # a shared log (Redis) unreachable: the first page view counts it
+        log.warning("request log: history not counted at start-up: %s", exc.message)
 
 
 def row_for(exchange) -> dict[str, Any]:
