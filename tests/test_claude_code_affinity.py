@@ -158,3 +158,32 @@ def test_chat_client_tool_step_carries_the_reasoning(proxy, fake):
     items = fake.requests[-1].json["input"]
     assert [i["type"] for i in items] == ["message", "reasoning", "function_call", "function_call_output"]
     assert items[1]["encrypted_content"] == "enc_chat_step"
+
+
+def test_a_streaming_chat_client_naming_no_effort_still_carries_the_reasoning(proxy, fake):
+    """No reasoning_effort and no suffix: the backend's default effort, and the encrypted
+    reasoning still asked for and carried to the tool step (reasoning_details in a stream delta)."""
+    fake.script(proxy.fake_accounts[0], reasoning_then_call("enc_streamed", "get_weather", {"city": "Paris"}),
+                B.ok(text="Sunny."))
+    oai = openai.OpenAI(base_url=proxy.url + "/v1", api_key=proxy.key, max_retries=0, timeout=30)
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    ask = [{"role": "user", "content": "Weather in Paris?"}]
+    details, calls = [], {}
+    for chunk in oai.chat.completions.create(model="gpt-5.5", messages=ask, tools=tools, stream=True):
+        if not chunk.choices:
+            continue
+        delta = chunk.choices[0].delta
+        details += (delta.model_extra or {}).get("reasoning_details") or []
+        for call in delta.tool_calls or []:
+            entry = calls.setdefault(call.index, {"id": call.id, "type": "function", "function": {"name": "", "arguments": ""}})
+            entry["function"]["name"] += call.function.name or ""
+            entry["function"]["arguments"] += call.function.arguments or ""
+    first = fake.requests[-1].json
+    assert "reasoning" not in first and first["include"] == ["reasoning.encrypted_content"]
+    assert details and details[0]["data"].endswith("enc_streamed")
+    assistant = {"role": "assistant", "content": None, "tool_calls": list(calls.values()), "reasoning_details": details}
+    oai.chat.completions.create(model="gpt-5.5", tools=tools, messages=ask + [
+        assistant, {"role": "tool", "tool_call_id": calls[0]["id"], "content": "sunny"}])
+    items = fake.requests[-1].json["input"]
+    assert [i["type"] for i in items] == ["message", "reasoning", "function_call", "function_call_output"]
+    assert items[1]["encrypted_content"] == "enc_streamed"

@@ -156,8 +156,10 @@ def test_thinking_maps_to_effort(fields, effort):
     body = anthropic_to_responses({"model": "gpt-5.5", "messages": [{"role": "user", "content": "hi"}],
                                    **fields})
     assert (body.get("reasoning") or {}).get("effort") == effort
-    if effort in (None, "none"):
-        assert "include" not in body
+    if effort == "none":
+        assert "include" not in body  # nothing to carry
+    else:  # the backend's default effort (None) still reasons: its encrypted reasoning is kept
+        assert body["include"] == ["reasoning.encrypted_content"]
 
 
 def test_model_suffix_wins_over_claude_code_effort():

@@ -87,9 +87,10 @@ def test_basic_request_mapping():
     assert items[4]["content"] == [{"type": "input_text", "text": "Sure?"}]
 
 
-def test_no_effort_means_no_reasoning_fields():
+def test_no_effort_means_the_backends_effort_but_still_the_encrypted_reasoning():
+    # the next tool step carries it back (reasoning_details): without it reasoning restarts
     body = chat_to_responses({"model": "gpt-5.5", "messages": [{"role": "user", "content": "hi"}]})
-    assert "reasoning" not in body and "include" not in body
+    assert "reasoning" not in body and body["include"] == ["reasoning.encrypted_content"]
 
 
 def test_reasoning_effort_field_and_suffix_precedence():

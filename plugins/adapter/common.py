@@ -69,9 +69,11 @@ def parse_model_effort(model: str) -> tuple[str, str | None]:
 
 def reasoning_fields(effort: str | None) -> dict[str, Any]:
     """The Responses body fields for an effort: summaries and encrypted reasoning on, except
-    for "none" (nothing to summarise). No effort means the backend's default."""
+    for "none" (nothing to summarise). No effort means the backend's default effort, and the
+    encrypted reasoning is still asked for: a client that names no effort still reasons, and
+    without it each tool step would start its reasoning over."""
     if not effort:
-        return {}
+        return {"include": ["reasoning.encrypted_content"]}
     if effort == "none":
         return {"reasoning": {"effort": "none"}}
     return {"reasoning": {"effort": effort, "summary": "auto"},
