@@ -284,3 +284,18 @@ def test_claude_code_request_shape_is_accepted(proxy, fake):
     assert sent["reasoning"]["effort"] == "high"
     assert any(i.get("role") == "developer" and "mid-conversation" in json.dumps(i) for i in sent["input"])
     assert "anthropic" not in json.dumps(fake.requests[-1].headers).lower()
+
+
+def test_anthropic_output_config_format_reaches_the_upstream_as_text_format(claude, fake, proxy):
+    """Claude Code's title request asks for a JSON schema: the backend gets it as text.format,
+    and the answer comes back as the text it wrote."""
+    schema = {"type": "object", "properties": {"title": {"type": "string"}}, "required": ["title"]}
+    fake.set_default(proxy.fake_accounts[0], B.ok(text='{"title": "Weather"}'))
+    message = claude.messages.create(model="gpt-5.5", max_tokens=50, messages=[{"role": "user", "content": "name this"}],
+                                     extra_body={"output_config": {"format": {"type": "json_schema", "schema": schema}}})
+    assert json.loads(message.content[0].text) == {"title": "Weather"}
+    assert fake.requests[-1].json["text"] == {"format": {"type": "json_schema", "name": "output", "schema": schema, "strict": False}}
+    r = httpx.post(proxy.url + "/v1/messages", timeout=30, headers={"x-api-key": proxy.key, "anthropic-version": "2023-06-01"},
+                   json={"model": "gpt-5.5", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}],
+                         "output_config": {"format": {"type": "yaml"}}})
+    assert r.status_code == 400 and "output_config.format" in r.json()["error"]["message"]

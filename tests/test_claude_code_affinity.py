@@ -89,6 +89,12 @@ def test_sessions_of_sdk_clients_choose_the_binding(make_proxy, fake):
     assert len(user) == 1
     sent = fake.requests[-1]
     assert sent.json["prompt_cache_key"] == sent.headers["session_id"] and "end-user-C" not in sent.json["prompt_cache_key"]
+    cache_key = accounts(lambda: oai.chat.completions.create(model="gpt-5.5", prompt_cache_key="conversation-D",
+                                                             messages=[{"role": "user", "content": "x"}]))
+    assert len(cache_key) == 1 and fake.requests[-1].headers["session_id"] == "conversation-D"
+    session_header = accounts(lambda: oai.chat.completions.create(model="gpt-5.5", extra_headers={"session-id": "conversation-E"},
+                                                                  messages=[{"role": "user", "content": "x"}]))
+    assert len(session_header) == 1 and fake.requests[-1].json["prompt_cache_key"] == "conversation-E"
     # the control: no session at all, and balanced spreads the same requests over both accounts
     spread = accounts(lambda: oai.chat.completions.create(model="gpt-5.5", messages=[{"role": "user", "content": "x"}]))
     assert len(spread) == 2
