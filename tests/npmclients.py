@@ -29,6 +29,26 @@ def claude_binary() -> str:
     return npm_binary("claude", "Claude Code")
 
 
+# Claude Code with nothing calling out but the proxy: no telemetry, updates, surveys.
+CLAUDE_QUIET = {"DISABLE_TELEMETRY": "1", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_AUTOUPDATER": "1",
+                "DISABLE_ERROR_REPORTING": "1", "DISABLE_BUG_COMMAND": "1", "CLAUDE_CODE_DISABLE_FEEDBACK_SURVEY": "1"}
+
+
+def claude_code(home: Path, work: Path, *args: str, base_url: str, api_key: str,
+                timeout: float = 180) -> subprocess.CompletedProcess:
+    """The real Claude Code as a user runs it, from `work`, with its own HOME and config dir,
+    pointed at `base_url` with `api_key`; the caller's Anthropic/Claude settings and proxies
+    are not inherited."""
+    home.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("ANTHROPIC_", "CLAUDE_")) and k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
+    env.update(CLAUDE_QUIET, HOME=str(home), CLAUDE_CONFIG_DIR=str(home / ".claude"),
+               ANTHROPIC_BASE_URL=base_url, ANTHROPIC_API_KEY=api_key)
+    return subprocess.run([claude_binary(), *args], capture_output=True, text=True, env=env, cwd=work,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
 def codex_exec(workdir: Path, *args: str, env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess:
     """`codex exec` as a user runs it, from `workdir`: CODEX_HOME is workdir/codex-home (a
     config.toml a test put there is the user's), a clean environment plus `env`, no stdin."""

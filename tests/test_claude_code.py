@@ -9,41 +9,23 @@ it must neither hang on it nor phone home from a developer's machine.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
 
-from tests.npmclients import claude_binary
+from tests.npmclients import claude_code
 from tests.fakeupstream import B
 
 pytestmark = pytest.mark.client
 
-QUIET = {
-    "DISABLE_TELEMETRY": "1",
-    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-    "DISABLE_AUTOUPDATER": "1",
-    "DISABLE_ERROR_REPORTING": "1",
-    "DISABLE_BUG_COMMAND": "1",
-    "CLAUDE_CODE_DISABLE_FEEDBACK_SURVEY": "1",
-}
-
-
 def run_claude(proxy, tmp_path: Path, prompt: str, *args: str, model: str | None = "gpt-5.5",
                base_url: str | None = None, name: str = "claude") -> subprocess.CompletedProcess:
     """Claude Code -p at the proxy (or at `base_url` with a dummy key), HOME in tmp_path/<name>-home."""
-    home = tmp_path / f"{name}-home"
-    work = tmp_path / f"{name}-work"
-    home.mkdir(exist_ok=True)
-    work.mkdir(exist_ok=True)
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("ANTHROPIC_", "CLAUDE_")) and k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
-    env.update(QUIET, HOME=str(home), CLAUDE_CONFIG_DIR=str(home / ".claude"),
-               ANTHROPIC_BASE_URL=base_url or proxy.url, ANTHROPIC_API_KEY="sk-ant-direct-dummy" if base_url else proxy.key)
-    cmd = [claude_binary(), "-p", prompt, *(["--model", model] if model else []), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=work, timeout=180, stdin=subprocess.DEVNULL)
+    return claude_code(tmp_path / f"{name}-home", tmp_path / f"{name}-work", "-p", prompt,
+                       *(["--model", model] if model else []), *args, base_url=base_url or proxy.url,
+                       api_key="sk-ant-direct-dummy" if base_url else proxy.key)
 
 
 def check_converted(body: dict) -> None:
@@ -109,14 +91,3 @@ def test_claude_code_runs_a_tool(proxy, fake, tmp_path):
     assert "cc-tool-ok" in output["output"]  # Claude Code really ran it
     assert second["input"].index(call) < second["input"].index(output)
     assert first["prompt_cache_key"] == second["prompt_cache_key"]  # one conversation
-
-
-def test_claude_code_without_model_gets_a_backend_model(proxy, fake, tmp_path):
-    """Issue #12 (fixed by the default model aliases): with no --model Claude Code asks for its own
-    claude-* models, which the Codex backend refuses; the upstream must get a model it serves."""
-    fake.set_default(proxy.fake_accounts[0], B.ok(text="Hello"))
-    result = run_claude(proxy, tmp_path, "say hello", model=None)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    assert result.stdout.strip() == "Hello"
-    models = [r.json.get("model") for r in fake.requests]
-    assert models and all(m == "gpt-5.5" for m in models), models  # config.yaml's default aliases

@@ -5,7 +5,6 @@ account"."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
@@ -17,7 +16,8 @@ import pytest
 from codexproxy.exchange import GatewayError
 from codexproxy_plugins.adapter.aliases import DEFAULT_ALIASES, listed_aliases, match_alias, resolve_model
 from tests.adminkit import result, rpc
-from tests.conftest import REPO, wait_for
+from tests import npmclients
+from tests.conftest import wait_for
 from tests.fakeupstream import B
 
 KNOWN = ["gpt-5.5", "gpt-5-codex", "gpt-5"]
@@ -159,24 +159,9 @@ def test_config_aliases_replace_the_defaults(make_proxy, fake):
 
 # --- Claude Code with no --model -------------------------------------------------------------
 
-QUIET = {"DISABLE_TELEMETRY": "1", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_AUTOUPDATER": "1",
-         "DISABLE_ERROR_REPORTING": "1", "DISABLE_BUG_COMMAND": "1", "CLAUDE_CODE_DISABLE_FEEDBACK_SURVEY": "1"}
-
-
 def claude_code(proxy, home: Path, *args: str) -> subprocess.CompletedProcess:
     """The real Claude Code at the proxy, with its own HOME and nothing calling out."""
-    binary = REPO / "node_modules" / ".bin" / "claude"
-    if not binary.exists():
-        if os.environ.get("CI"):
-            pytest.fail("Claude Code is not installed: npm install in the repository root")
-        pytest.skip("Claude Code not installed (npm install in the repository root)")
-    (home / "work").mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("ANTHROPIC_", "CLAUDE_")) and k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
-    env.update(QUIET, HOME=str(home), CLAUDE_CONFIG_DIR=str(home / ".claude"), ANTHROPIC_BASE_URL=proxy.url,
-               ANTHROPIC_API_KEY=proxy.key)
-    return subprocess.run([str(binary), *args], capture_output=True, text=True, env=env, cwd=home / "work",
-                          timeout=180, stdin=subprocess.DEVNULL)
+    return npmclients.claude_code(home, home / "work", *args, base_url=proxy.url, api_key=proxy.key)
 
 
 @pytest.mark.client
