@@ -12,6 +12,7 @@ import zlib
 import httpx
 import pytest
 
+from tests.capture_upstream import CaptureUpstream
 from tests.conftest import RESPONSES_BODY
 from tests.rawhttp import raw_request
 from tests.fakeupstream import B
@@ -87,33 +88,75 @@ def test_a_session_comes_from_prompt_cache_key_when_the_client_sent_none(proxy, 
     assert fake.requests[-1].headers["session_id"] == "conv-42"
 
 
+# --- header injection, judged by a raw capture upstream ------------------------------------------
+# The capture (tests/capture_upstream.py) parses the wire strictly and records every request as it
+# arrived, refused ones included, so a split request or an injected field would show up there.
+
+@pytest.fixture
+def capture():
+    with CaptureUpstream() as cap:
+        yield cap
+
+
+@pytest.fixture
+def capture_proxy(make_proxy, capture):
+    """A proxy whose upstream (base_url) is the capture; usage polls still go to the fake."""
+    return make_proxy({"upstream": {"base_url": capture.codex_base}})
+
+
+def assert_one_well_formed_request(cap: CaptureUpstream, header: str, value: str) -> None:
+    """What the upstream saw, once the refused request and one good request have been answered:
+    exactly one request, parsed without complaint, one Host (the capture's), the good request's
+    `header: value` exactly once, nothing injected and no second request."""
+    time.sleep(0.3)  # a request split off the refused one would arrive after the good one's answer
+    seen = list(cap.requests)
+    assert [(r.method, r.path) for r in seen] == [("POST", "/backend-api/codex/responses")], \
+        [(r.method, r.target, r.error) for r in seen]
+    req = seen[0]
+    assert req.error is None and req.status == 200, req.error
+    assert req.values("host") == [cap.authority]
+    assert req.values(header) == [value]
+    assert req.values("x-injected") == []
+    head = req.raw_head.lower()
+    assert b"x-injected" not in head and b"wham/usage" not in head and b"\x00" not in head
+    assert head.count(b"\r\n\r\n") == 1 and head.count(b" http/1.1\r\n") == 1  # one request line, one head
+
+
+@pytest.mark.parametrize("header", ["x-codex-turn-metadata", "x-openai-subagent"])  # both PASS_PREFIXES
 @pytest.mark.parametrize("value", [b"a\rX-Injected: 1", b"a\x00b", b"a\x7fb", b"a\r\n GET /backend-api/wham/usage HTTP/1.1"],
                          ids=["bare-cr", "nul", "del", "obs-fold"])
-def test_a_header_with_a_control_character_never_reaches_the_upstream(proxy, fake, value):
+def test_a_header_with_a_control_character_never_reaches_the_upstream(capture_proxy, capture, header, value):
+    proxy = capture_proxy
     body = json.dumps(RESPONSES_BODY).encode()
     head = (b"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " + proxy.key.encode() +
-            b"\r\nContent-Type: application/json\r\nx-codex-turn-metadata: " + value +
+            b"\r\nContent-Type: application/json\r\n" + header.encode() + b": " + value +
             b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n")
     status, answer = raw_request(proxy, head + body)
-    assert len(fake.all_requests) == 0  # nothing at all reached the upstream
     assert status == 400, answer
-    if answer:
-        error = json.loads(answer)["error"]
-        assert "x-codex-turn-metadata" in error["message"].lower() or error["param"] == "x-codex-turn-metadata"
-    # A well-formed request afterwards reaches the upstream as exactly one request.
+    error = json.loads(answer)["error"]  # always a body, and it names the header
+    assert error["param"] == header and f"'{header}'" in error["message"], error
+    assert capture.requests == []  # refused before anything went upstream
+    # The same header with a clean value is passed, and the upstream sees exactly one request.
     with proxy.client() as client:
-        assert client.post("/v1/responses", json=RESPONSES_BODY, headers=proxy.auth).status_code == 200
-    assert len(fake.all_requests) == 1
+        r = client.post("/v1/responses", json=RESPONSES_BODY, headers={**proxy.auth, header: "clean"})
+        assert r.status_code == 200, r.text
+    assert_one_well_formed_request(capture, header, "clean")
 
 
-@pytest.mark.parametrize("key", ["conv\r\nX-Injected: 1", "conv\rGET /backend-api/wham/usage", "a\x00b"])
-def test_prompt_cache_key_with_a_control_character_is_refused(proxy, fake, key):
-    body = dict(RESPONSES_BODY, prompt_cache_key=key)
+@pytest.mark.parametrize("key", ["conv\r\nX-Injected: 1", "conv\rGET /backend-api/wham/usage", "a\x00b"],
+                         ids=["crlf", "bare-cr", "nul"])
+def test_prompt_cache_key_with_a_control_character_is_refused(capture_proxy, capture, key):
+    proxy = capture_proxy
     with proxy.client() as client:
-        r = client.post("/v1/responses", json=body, headers=proxy.auth)
-    assert r.status_code == 400
-    assert r.json()["error"]["param"] == "field 'prompt_cache_key'"
-    assert fake.all_requests == []
+        r = client.post("/v1/responses", json=dict(RESPONSES_BODY, prompt_cache_key=key), headers=proxy.auth)
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+        assert error["param"] == "field 'prompt_cache_key'" and "prompt_cache_key" in error["message"], error
+        assert capture.requests == []
+        # A clean key becomes the upstream's session_id, on exactly one well-formed request.
+        ok = client.post("/v1/responses", json=dict(RESPONSES_BODY, prompt_cache_key="conv-42"), headers=proxy.auth)
+        assert ok.status_code == 200, ok.text
+    assert_one_well_formed_request(capture, "session_id", "conv-42")
 
 
 @pytest.mark.parametrize("coding", ["zstd", "gzip", "deflate"])
