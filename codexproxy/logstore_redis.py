@@ -366,8 +366,11 @@ class RedisLogStore(LogReader):
     def _run(self) -> None:
         delay = 0.0
         next_adopt = 0.0
+        first = True  # a dead process's spool is looked for at once, not after the first wait
         while not self._stop.is_set():
-            if delay:
+            if first:
+                first = False
+            elif delay:
                 self._stop.wait(delay)
             elif self._wake.wait(ADOPT_EVERY_S):
                 self._stop.wait(LINGER_S)
@@ -383,8 +386,9 @@ class RedisLogStore(LogReader):
                     log.warning("request log: Redis unreachable (%s); rows wait in %s and go out when it is back",
                                 type(exc).__name__, self.dir)
                 delay = min(RETRY_MAX_S, max(0.2, delay * 2))
-            except Exception:
-                log.exception("request log shipper failed; retrying")
+            except Exception:  # e.g. a Redis refusing writes (OOM, ACL): said once, retried
+                if delay < RETRY_MAX_S:
+                    log.exception("request log: shipping failed; rows wait in %s, retried every %s s", self.dir, RETRY_MAX_S)
                 delay = RETRY_MAX_S
 
     def clear(self) -> int:

@@ -137,8 +137,9 @@ def test_rows_logged_while_redis_is_down_arrive_once_when_it_is_back_a_killed_pr
         b.stop(signal.SIGKILL)  # b dies with its rows in its spool only
         assert list((b.data_dir / "logs").glob("spool-*.jsonl"))
         server.start()
-        # a ships its own; b's spool is taken over by the next process on b's data dir: here the CLI
-        wait_for(lambda: len(b.cli_json("logs", "--limit", "100")) == 10, timeout=30, what="every row after the outage")
+        # a ships its own; b's spool is taken over by the next process on b's data dir: b restarted
+        b.start()
+        wait_for(lambda: len(a.cli_json("logs", "--limit", "100")) == 10, timeout=30, what="every row after the outage")
         rows = a.cli_json("logs", "--limit", "100")
         assert len(rows) == 10 and len({r["id"] for r in rows}) == 10  # none lost, none twice
         assert sorted(r["status"] for r in rows) == [200] * 3 + [503] * 7
@@ -213,3 +214,26 @@ def test_a_shipment_whose_answer_was_lost_is_not_sent_twice(tmp_path, redis_serv
     logs.ship()
     assert [r["id"] for r in logs.query(limit=10)] == ["r3", "r2", "r1", "r0"]
     logs.close()
+
+
+def test_codexproxy_logs_on_a_dead_instances_data_dir_ships_what_it_left(tmp_path, redis_server, redis_url):
+    """The first read of a process takes over the spools of dead ones on its data dir: a
+    `codexproxy logs` run there after a crash shows the rows the crashed proxy acknowledged."""
+    import os
+
+    client = redis_server.client()
+    crashed = RedisLogStore(client, tmp_path / "logs", ship=False)
+    for i in range(3):
+        crashed.append({"id": f"r{i}", "status": 200})
+    crashed.ship()
+    for i in range(3, 5):
+        crashed.append({"id": f"r{i}", "status": 503})
+    with open(crashed._spools[-1].path, "ab") as spool:
+        spool.write(b'{"id":"torn","sta')  # killed mid-write
+    for spool in crashed._spools:
+        os.close(spool.fd)  # what the kernel does for a killed process: its lock goes
+    cli = RedisLogStore(client, tmp_path / "logs", ship=False)
+    assert [r["id"] for r in cli.query(limit=10)] == ["r4", "r3", "r2", "r1", "r0"]
+    assert not list((tmp_path / "logs").glob("spool-*"))  # shipped, then removed
+    again = RedisLogStore(client, tmp_path / "logs", ship=False)
+    assert again.count() == 5
