@@ -15,6 +15,9 @@ Rules for a plugin author:
   called from the event loop (hooks), except `Collection` writes on the local backend (they
   rewrite the store file with an fsync): make those from a worker thread or a job.
 - `lock()` may wait (up to `wait` seconds): never take it on the event loop; use `try_lock`.
+- Writes whose result this request does not need (counting tokens used, giving a hold back,
+  remembering a value for later turns) go through `state.later`: the same calls, sent in the
+  background on a shared backend so they cost the request no round trip (see `Later`).
 """
 
 from __future__ import annotations
@@ -39,6 +42,10 @@ class Collection(Protocol):
     atomic; `update` is the way to change a document without losing a concurrent change.
     A backend may also offer `generation() -> int | None`: a number that changes whenever the
     collection may have changed, cheap and non-blocking, which lets readers cache parsed records.
+    What this process wrote changes it at once; on a shared backend another process's write may
+    take up to the backend's bound to show (Redis: `GENERATION_MAX_AGE_S`, 0.1 s), except right
+    after this process took a lock of the state (`lock`/`try_lock`): then the next generation is
+    current, so a read under a lock (a token refresh's) sees every write made before it.
     """
 
     def get(self, doc_id: str) -> dict | None:
@@ -112,10 +119,12 @@ class State(Protocol):
         """The sum of the amounts recorded under `key` in the last `period` seconds."""
         ...
 
-    def lease(self, key: str, ttl: float) -> str:
+    def lease(self, key: str, ttl: float, limit: int | None = None) -> str | None:
         """Take one counted hold under `key` (e.g. a request in flight on an account) and return
         its token. It ends at `release` or after `ttl` seconds, whichever is first, so the holds
-        of a killed process go away on their own."""
+        of a killed process go away on their own. With `limit`, the hold is taken only if fewer
+        than `limit` live holds exist, in one atomic step (None when full): a cap that holds
+        across processes without a separate count."""
         ...
 
     def release(self, key: str, token: str) -> None:
@@ -144,8 +153,47 @@ class State(Protocol):
         """The durable collection `name` (namespace it: `"admin_sessions"`)."""
         ...
 
+    @property
+    def later(self) -> "Later":
+        """The writes of this state that return nothing to wait for (see `Later`)."""
+        ...
+
     def close(self) -> None:
-        """Release what the backend holds (connections, locks); called when the app closes."""
+        """Release what the backend holds (connections, locks); called when the app closes. The
+        writes given to `later` are sent first."""
+        ...
+
+
+class Later(Protocol):
+    """Writes sent without waiting for them: in order, shortly after the call (the Redis backend
+    batches what has queued up into one pipeline on a thread of its own; the embedded one writes
+    at once, its writes costing no round trip). For writes no caller reads back within the same
+    request: tokens counted, a hold given back, a value later turns will read.
+
+    - Other processes see such a write once it is sent: on Redis a few milliseconds after the
+      request that made it, at most `LATER_MAX_DELAY_S` (0.05 s) after the call. This process's
+      own synchronous reads may miss it until then too (`flush` waits for it).
+    - While the state is unreachable they are kept (Redis: up to `LATER_MAX_PENDING` per
+      process, the oldest dropped beyond that) and sent when it is back; `close()` sends what is
+      left. A process killed with -9 loses what it had not sent: the last few milliseconds'
+      counts, and holds that then end by their TTL.
+    - They never raise `StateUnavailable`: a request is not failed for a write it does not need.
+    """
+
+    def set(self, key: str, value: Any, ttl: float | None = None) -> None: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def incr(self, key: str, amount: float = 1, ttl: float | None = None) -> None: ...
+
+    def lease(self, key: str, ttl: float) -> str:
+        """A hold as `State.lease` (no limit: the count is not checked), its token returned now."""
+        ...
+
+    def release(self, key: str, token: str) -> None: ...
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until everything given so far is sent; False if that took longer than `timeout`."""
         ...
 
 
@@ -208,6 +256,7 @@ class LocalState:
         self._collections: dict[str, TinyDBCollection] = {}
         self._side_stores: dict[str, Store] = {}
         self._writes = 0
+        self._later = _WriteNow(self)
 
     # --- values and counters -----------------------------------------------------------------
     @staticmethod
@@ -319,9 +368,11 @@ class LocalState:
             return sum(a for t, a in events if t > at - period)
 
     # --- leases ------------------------------------------------------------------------------
-    def lease(self, key: str, ttl: float) -> str:
+    def lease(self, key: str, ttl: float, limit: int | None = None) -> str | None:
         token = secrets.token_hex(8)
         with self._mu:
+            if limit is not None and self.leases(key) >= limit:
+                return None
             self._leases.setdefault(key, {})[token] = time.monotonic() + ttl
             self._writes += 1
         return token
@@ -377,6 +428,10 @@ class LocalState:
         return polling_lock(self, name, ttl, wait)
 
     # --- collections and lifecycle -----------------------------------------------------------
+    @property
+    def later(self) -> Later:
+        return self._later
+
     def collection(self, name: str) -> Collection:
         with self._mu:
             if name not in self._collections:
@@ -413,6 +468,32 @@ class LocalState:
             held, self._locks = list(self._locks.values()), {}
         for lock in held:
             lock.file_lock.release()
+
+
+class _WriteNow:
+    """`Later` for the embedded state: its writes are memory operations of microseconds, so they
+    are made at once (in order, trivially, and visible to every reader at once)."""
+
+    def __init__(self, state: LocalState) -> None:
+        self._state = state
+
+    def set(self, key: str, value: Any, ttl: float | None = None) -> None:
+        self._state.set(key, value, ttl)
+
+    def delete(self, key: str) -> None:
+        self._state.delete(key)
+
+    def incr(self, key: str, amount: float = 1, ttl: float | None = None) -> None:
+        self._state.incr(key, amount, ttl)
+
+    def lease(self, key: str, ttl: float) -> str:
+        return self._state.lease(key, ttl)  # type: ignore[return-value]  # no limit: always taken
+
+    def release(self, key: str, token: str) -> None:
+        self._state.release(key, token)
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        return True
 
 
 def open_state(config: Any, store: Store) -> State:

@@ -15,15 +15,27 @@ Every key starts with `codexproxy:`; a second pool on the same server uses anoth
 slot. When Redis cannot be reached every method raises `StateUnavailable`, a GatewayError: the
 request that needed the state is answered 503; timeouts are short and there is one immediate
 retry, so nothing hangs.
+
+Round trips are what a request pays for (each one is a wait, and redis-py's CPU on the proxy's
+event loop), so the hot path makes as few as it can:
+- collections' generations (the repositories' cache checks: keys, accounts, bindings) are asked
+  for all collections at once, in one pipeline, and reused for `GENERATION_MAX_AGE_S`; this
+  process's own writes and a lock taken make the next check go to Redis (state.Collection);
+- writes nobody waits for (`later`: tokens counted, leases given back, turn-states) are sent by
+  one thread on a connection of its own, batched into one pipeline after the request that made
+  them (under steady traffic, one pipeline per LATER_MAX_DELAY_S).
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import secrets
+import threading
 import time
 import uuid
+from collections import deque
 from typing import Any, Callable, ContextManager
 from urllib.parse import urlsplit
 
@@ -38,6 +50,20 @@ PREFIX = "codexproxy:"
 CONNECT_TIMEOUT_S = 1.0  # a Redis on the LAN answers a connect in milliseconds; an absent one must not stall requests
 SOCKET_TIMEOUT_S = 2.0  # every command here is O(small); a Redis that takes longer is treated as unavailable
 UPDATE_ATTEMPTS = 50  # WATCH/MULTI retries before an update gives up (only under heavy contention)
+# How long a collection's generation is reused before Redis is asked again: another process's
+# write (a key revoked, an account cooled) shows here at most this much later. 0.1 s is far below
+# anything a person or an upstream's cooldown notices, and at 300 req/s turns two round trips per
+# request into one per ~30 requests.
+GENERATION_MAX_AGE_S = 0.1
+# The `later` thread sends once no write has come for LATER_LINGER_S (the request that made them
+# has ended by then: its lease, its release and its tokens go in one batch), and at the latest
+# LATER_MAX_DELAY_S after the batch's first write (under steady traffic: one batch per that time).
+LATER_LINGER_S = 0.002
+LATER_MAX_DELAY_S = 0.05
+LATER_MAX_PENDING = 100_000  # `later` writes kept while Redis is unreachable (the oldest go beyond it)
+LATER_RETRY_S = 0.5  # pause before sending a batch again after Redis could not be reached
+
+log = logging.getLogger("codexproxy.state")
 
 
 class StateUnavailable(GatewayError):
@@ -109,10 +135,12 @@ redis.call('PEXPIRE', KEYS[1], longest)
 # KEYS[1] window; ARGV period ms.
 _WINDOW_SUM = _NOW + "local period = tonumber(ARGV[1])\n" + _WINDOW_SUM_BODY
 
-# KEYS[1] leases; ARGV token, ttl ms.
+# KEYS[1] leases; ARGV token, ttl ms, limit (0: none). Returns 0 when `limit` holds are live.
 _LEASE = _NOW + """
 local ttl = tonumber(ARGV[2])
+local limit = tonumber(ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if limit > 0 and redis.call('ZCARD', KEYS[1]) >= limit then return 0 end
 redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
 if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
 return 1
@@ -195,7 +223,8 @@ return removed
 class RedisState:
     """`State` on one Redis server (see codexproxy/state.py for the contract)."""
 
-    def __init__(self, client: redis.Redis, where: str = "redis", prefix: str = PREFIX) -> None:
+    def __init__(self, client: redis.Redis, where: str = "redis", prefix: str = PREFIX, later_client: redis.Redis | None = None) -> None:
+        """`later_client`: the connection(s) `later` sends on (by default `client`'s pool)."""
         self.client = client
         self._where = where
         self.prefix = prefix
@@ -208,20 +237,27 @@ class RedisState:
         self._put = client.register_script(_PUT)
         self._all = client.register_script(_ALL)
         self._remove = client.register_script(_REMOVE)
-        self._generation = client.register_script(_GENERATION)
         self._all_with_ttl = client.register_script(_ALL_WITH_TTL)
         self._collections: dict[str, RedisCollection] = {}
+        self._gens_mu = threading.Lock()
+        self._gens: dict[str, int] = {}  # collection name -> its generation when last asked
+        self._gens_at = float("-inf")  # monotonic time the snapshot was asked for
+        self._gens_epoch = 0  # bumped by this process's writes and locks: a check begun before is not reused
+        self._later = _RedisLater(self, later_client)
 
     @classmethod
     def from_url(cls, url: str) -> "RedisState":
         """A client for `url` (redis://, rediss:// for TLS, unix://; a password in the URL); its
         query may override the timeouts (`?socket_timeout=10`)."""
-        client = redis.Redis.from_url(
-            url, decode_responses=True, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=SOCKET_TIMEOUT_S,
-            # One immediate retry: a pooled connection broken by a Redis restart is replaced at
-            # once; a Redis that is down fails fast instead of backing off for seconds per call.
-            retry=Retry(NoBackoff(), 1))
-        return cls(client, where=_where(url))
+        def connect(**extra: Any) -> redis.Redis:
+            return redis.Redis.from_url(
+                url, decode_responses=True, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=SOCKET_TIMEOUT_S,
+                # One immediate retry: a pooled connection broken by a Redis restart is replaced at
+                # once; a Redis that is down fails fast instead of backing off for seconds per call.
+                retry=Retry(NoBackoff(), 1), **extra)
+        # `later` on a connection of its own: it never waits for one a request holds, nor a request
+        # for it; named, so CLIENT LIST (and the bench) tells its commands apart.
+        return cls(connect(), where=_where(url), later_client=connect(client_name=_RedisLater.CLIENT_NAME))
 
     @classmethod
     def from_config(cls, config: Any) -> "RedisState":
@@ -277,10 +313,12 @@ class RedisState:
 
     # --- leases ----------------------------------------------------------------------------------
     @_guarded
-    def lease(self, key: str, ttl: float) -> str:
+    def lease(self, key: str, ttl: float, limit: int | None = None) -> str | None:
+        if limit is not None and limit <= 0:
+            return None
         token = secrets.token_hex(12)
-        self._lease(keys=[self._k("l", key)], args=[token, _ms(ttl)])
-        return token
+        taken = self._lease(keys=[self._k("l", key)], args=[token, _ms(ttl), limit or 0])
+        return token if int(taken) else None
 
     @_guarded
     def release(self, key: str, token: str) -> None:
@@ -294,7 +332,10 @@ class RedisState:
     @_guarded
     def try_lock(self, name: str, ttl: float) -> str | None:
         token = secrets.token_hex(12)
-        return token if self.client.set(self._k("lock", name), token, px=_ms(ttl), nx=True) else None
+        if not self.client.set(self._k("lock", name), token, px=_ms(ttl), nx=True):
+            return None
+        self.forget_generations()  # what is read under the lock must include every write before it
+        return token
 
     @_guarded
     def unlock(self, name: str, token: str) -> None:
@@ -303,7 +344,39 @@ class RedisState:
     def lock(self, name: str, ttl: float, wait: float = 30.0) -> ContextManager[bool]:
         return polling_lock(self, name, ttl, wait)
 
+    # --- writes sent in the background ----------------------------------------------------------------
+    @property
+    def later(self) -> "_RedisLater":
+        return self._later
+
     # --- collections ---------------------------------------------------------------------------------
+    def forget_generations(self) -> None:
+        """The next `generation()` of any collection asks Redis (after a write or a lock of ours)."""
+        with self._gens_mu:
+            self._gens_epoch += 1
+            self._gens_at = float("-inf")
+
+    def generation_of(self, name: str) -> int:
+        """The collection's generation, from a snapshot of every collection asked about so far
+        that is at most GENERATION_MAX_AGE_S old, else from one pipeline asking for all of them."""
+        with self._gens_mu:
+            if name in self._gens and time.monotonic() - self._gens_at < GENERATION_MAX_AGE_S:
+                return self._gens[name]
+            names = sorted(set(self._gens) | {name})
+            epoch = self._gens_epoch
+        asked_at = time.monotonic()
+        with self.client.pipeline(transaction=False) as pipe:
+            for each in names:
+                found = self.collection(each)
+                # EVAL, not EVALSHA: a Redis restarted since has forgotten the script, and a
+                # pipeline cannot load it on the way (redis-py would ask SCRIPT EXISTS first: a trip).
+                pipe.eval(_GENERATION, 2, found._gen, found._expiries)
+            values = dict(zip(names, (int(v) for v in pipe.execute())))
+        with self._gens_mu:
+            if epoch == self._gens_epoch:  # no write or lock of ours since we asked: reusable
+                self._gens, self._gens_at = values, asked_at
+        return values[name]
+
     def collection(self, name: str) -> "RedisCollection":
         found = self._collections.get(name)
         if found is None:
@@ -329,7 +402,131 @@ class RedisState:
             return False
 
     def close(self) -> None:
+        self._later.close()
         self.client.close()
+
+
+class _RedisLater:
+    """`state.Later` on Redis: one thread sends what was given, in order, as one pipeline per
+    batch (everything queued while the previous batch was out, after LATER_LINGER_S). A batch
+    Redis could not take is kept and sent again every LATER_RETRY_S."""
+
+    CLIENT_NAME = "codexproxy-later"  # its connection's name in CLIENT LIST (the bench tells its commands apart by it)
+
+    def __init__(self, state: RedisState, client: redis.Redis | None = None) -> None:
+        self._state = state
+        self._client = client or state.client
+        self._cv = threading.Condition()
+        self._pending: deque[tuple] = deque()  # Redis commands, as redis-py's execute_command takes them
+        self._sending = 0  # commands the thread took and has not sent yet
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._dropped = 0
+
+    def _k(self, kind: str, key: str) -> str:
+        return self._state._k(kind, key)
+
+    def set(self, key: str, value: Any, ttl: float | None = None) -> None:
+        self._put(("SET", self._k("v", key), _dumps(value)) + (() if ttl is None else ("PX", _ms(ttl))))
+
+    def delete(self, key: str) -> None:
+        self._put(("DEL", self._k("v", key)))
+
+    def incr(self, key: str, amount: float = 1, ttl: float | None = None) -> None:
+        self._put(("EVAL", _INCR, 1, self._k("v", key), repr(float(amount)), 0 if ttl is None else _ms(ttl)))
+
+    def lease(self, key: str, ttl: float) -> str:
+        token = secrets.token_hex(12)
+        self._put(("EVAL", _LEASE, 1, self._k("l", key), token, _ms(ttl), 0))
+        return token
+
+    def release(self, key: str, token: str) -> None:
+        self._put(("ZREM", self._k("l", key), token))
+
+    def _put(self, command: tuple) -> None:
+        with self._cv:
+            if self._closed:  # a request ending while the app shuts down: its state is gone
+                log.warning("state closed: a background write (%s) was not sent", command[0])
+                return
+            if len(self._pending) >= LATER_MAX_PENDING:
+                self._pending.popleft()
+                self._dropped += 1
+                if self._dropped == 1 or self._dropped % 10_000 == 0:
+                    log.warning("Redis unreachable: %d background writes dropped so far (over %d waiting)", self._dropped, LATER_MAX_PENDING)
+            self._pending.append(command)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="codexproxy-state-later", daemon=True)
+                self._thread.start()
+            self._cv.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                self._cv.wait_for(lambda: self._pending or self._closed)
+                if not self._pending:
+                    return  # closed, nothing left
+            self._linger()
+            with self._cv:
+                batch = list(self._pending)
+                self._pending.clear()
+                self._sending = len(batch)
+            try:
+                self._send(batch)
+            except _UNAVAILABLE as exc:
+                with self._cv:
+                    self._pending.extendleft(reversed(batch))  # first again, in their order
+                    self._sending = 0
+                    log.warning("Redis unreachable (%s): %d background writes kept, sent when it is back", exc, len(self._pending))
+                    if self._closed:
+                        self._cv.notify_all()
+                        return
+                    self._cv.wait(LATER_RETRY_S)
+                continue
+            except Exception:
+                log.exception("background state writes failed; %d dropped", len(batch))
+            with self._cv:
+                self._sending = 0
+                self._cv.notify_all()
+
+    def _linger(self) -> None:
+        """Wait while writes keep coming (LATER_LINGER_S apart), up to LATER_MAX_DELAY_S."""
+        deadline = time.monotonic() + LATER_MAX_DELAY_S
+        with self._cv:
+            seen = len(self._pending)
+        while not self._closed:
+            time.sleep(max(0.0, min(LATER_LINGER_S, deadline - time.monotonic())))
+            with self._cv:
+                if len(self._pending) == seen or time.monotonic() >= deadline:
+                    return
+                seen = len(self._pending)
+
+    def _send(self, batch: list[tuple]) -> None:
+        with self._client.pipeline(transaction=False) as pipe:
+            for command in batch:
+                pipe.execute_command(*command)
+            results = pipe.execute(raise_on_error=False)
+        failed = [(c[0], r) for c, r in zip(batch, results) if isinstance(r, Exception)]
+        if failed:  # a command Redis refused (not unreachable): nothing to retry
+            log.error("Redis refused %d background writes, e.g. %s: %s", len(failed), failed[0][0], failed[0][1])
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        with self._cv:
+            return self._cv.wait_for(lambda: not self._pending and not self._sending, timeout)
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Send what is left (for up to `timeout` seconds while Redis is unreachable), then stop."""
+        sent = self.flush(timeout)
+        with self._cv:
+            self._closed = True
+            left = len(self._pending) + self._sending
+            self._cv.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        if self._client is not self._state.client:
+            self._client.close()
+        if not sent and left:
+            log.warning("Redis unreachable at close: %d background writes not sent", left)
 
 
 class RedisCollection:
@@ -363,6 +560,7 @@ class RedisCollection:
         doc["id"] = doc_id = str(doc_id)
         self.state._put(keys=[self._doc(doc_id), self._ids, self._seq, self._gen, self._expiries],
                         args=[_dumps(doc), doc_id, 0 if ttl is None else _ms(ttl)])
+        self.state.forget_generations()
         return doc
 
     @_guarded
@@ -384,6 +582,7 @@ class RedisCollection:
                     pipe.set(key, _dumps(doc), keepttl=True)  # a document with a TTL keeps it
                     pipe.incr(self._gen)
                     pipe.execute()
+                    self.state.forget_generations()
                     return doc
                 except redis.WatchError:
                     continue  # another writer changed it between our read and write: read again
@@ -391,13 +590,18 @@ class RedisCollection:
 
     @_guarded
     def remove(self, doc_id: str) -> bool:
-        return bool(self.state._remove(keys=[self._doc(doc_id), self._ids, self._gen, self._expiries], args=[doc_id]))
+        removed = bool(self.state._remove(keys=[self._doc(doc_id), self._ids, self._gen, self._expiries], args=[doc_id]))
+        self.state.forget_generations()
+        return removed
 
     @_guarded
     def generation(self) -> int:
         """Changes whenever the collection may have changed (a write by any process, a document
-        running out): one round trip, so a repository re-reads and re-parses only then."""
-        return int(self.state._generation(keys=[self._gen, self._expiries]))
+        running out), so a repository re-reads and re-parses only then. Another process's write
+        shows within GENERATION_MAX_AGE_S; this process's own writes, and anything written before
+        a lock this process then took, at once (RedisState.generation_of: no round trip most
+        of the time)."""
+        return self.state.generation_of(self.name)
 
     @_guarded
     def all(self) -> list[dict]:

@@ -195,6 +195,48 @@ def test_lease_expires_when_its_holder_never_releases(state_backend):
     assert s.leases("t:acct") == 0
 
 
+def test_a_lease_with_a_limit_is_taken_only_under_it_even_under_threads(state_backend):
+    s = state_backend
+    s.lease("t:acct", 60)  # held already (another process's request)
+    tokens: list[str | None] = []
+    threads = [threading.Thread(target=lambda: tokens.append(s.lease("t:acct", 60, limit=4))) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    taken = [t for t in tokens if t is not None]
+    assert len(taken) == 3 and s.leases("t:acct") == 4  # the cap counts every holder, atomically
+    assert s.lease("t:acct", 60, limit=4) is None
+    s.release("t:acct", taken[0])
+    again = s.lease("t:acct", 60, limit=4)
+    assert again is not None and s.leases("t:acct") == 4
+    s.lease("t:short", SHORT, limit=1)
+    assert s.lease("t:short", 60, limit=1) is None
+    time.sleep(AFTER)
+    assert s.lease("t:short", 60, limit=1) is not None  # an expired hold does not count
+
+
+def test_later_writes_are_the_same_writes(state_backend):
+    """`state.later`: set, delete, incr, lease and release without waiting; after `flush` (the
+    embedded state needs none) they read back as the synchronous calls would."""
+    s = state_backend
+    token = s.later.lease("t:acct", 60)
+    s.later.lease("t:acct", 60)
+    s.later.set("t:v", {"a": 1}, ttl=60)
+    s.later.set("t:gone", 1)
+    s.later.delete("t:gone")
+    s.later.incr("t:n", 3, ttl=60)
+    s.later.incr("t:n", 0.5)
+    assert s.later.flush(5)
+    assert s.leases("t:acct") == 2 and s.get("t:v") == {"a": 1} and s.get("t:gone") is None and s.get("t:n") == 3.5
+    s.later.release("t:acct", token)
+    s.later.set("t:short", 1, ttl=SHORT)
+    assert s.later.flush(5)
+    assert s.leases("t:acct") == 1
+    time.sleep(AFTER)
+    assert s.get("t:short") is None
+
+
 # --- locks --------------------------------------------------------------------------------------
 def test_try_lock_excludes_until_unlock(state_backend):
     s = state_backend

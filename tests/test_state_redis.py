@@ -199,6 +199,7 @@ def test_a_bad_state_section_is_one_line_naming_the_key(tmp_path, section, says)
 
 def test_the_generation_changes_on_any_clients_write_and_when_a_document_runs_out(two):
     from codexproxy.models import Account
+    from codexproxy.state_redis import GENERATION_MAX_AGE_S
     from codexproxy.store import AccountRepo
 
     a, b = two
@@ -208,15 +209,99 @@ def test_the_generation_changes_on_any_clients_write_and_when_a_document_runs_ou
     seen = mine.generation()
     assert mine.generation() == seen  # reading changes nothing
     theirs.update(account.id, lambda d: d.update(plan="pro"))
+    time.sleep(GENERATION_MAX_AGE_S)  # another process's write shows within the bound
     assert mine.generation() != seen and repo.get(account.id).plan == "pro"
     seen = mine.generation()
     theirs.put({"id": "short"}, ttl=0.3)
+    time.sleep(GENERATION_MAX_AGE_S)
     assert mine.generation() != seen
     seen = mine.generation()
     time.sleep(0.4)
     assert mine.generation() != seen and [r.id for r in repo.all()] == [account.id]
     seen = mine.generation()
-    assert theirs.remove(account.id) and mine.generation() != seen and repo.all() == []
+    assert theirs.remove(account.id)
+    time.sleep(GENERATION_MAX_AGE_S)
+    assert mine.generation() != seen and repo.all() == []
+
+
+def test_own_writes_and_a_lock_taken_make_the_generation_current_at_once(two):
+    """Within the bound a reader may see another process's write late, never its own, and never
+    after taking a lock: the token refresh re-reads the account under its lock, and a stale read
+    there would refresh a rotated token twice (which kills the account)."""
+    a, b = two
+    mine, theirs = a.collection("accounts"), b.collection("accounts")
+    mine.put({"id": "acc1", "refresh_token": "rt-1"})
+    seen = mine.generation()
+    mine.update("acc1", lambda d: d.update(plan="pro"))  # our own write: no waiting
+    assert mine.generation() != seen
+    seen = mine.generation()
+    theirs.update("acc1", lambda d: d.update(refresh_token="rt-2"))  # rotated by the other process
+    token = a.try_lock("accounts:refresh:acc1", ttl=5)
+    assert token is not None and mine.generation() != seen  # at once, no GENERATION_MAX_AGE_S wait
+    a.unlock("accounts:refresh:acc1", token)
+    seen = mine.generation()
+    mine.remove("acc1")
+    assert mine.generation() != seen
+
+
+def test_generations_of_all_collections_cost_one_round_trip_per_bound(two, redis_server):
+    """The repositories check their collection's generation on every request; on Redis that is
+    one pipeline for every collection at most every GENERATION_MAX_AGE_S, not a trip per check."""
+    from codexproxy.state_redis import GENERATION_MAX_AGE_S
+
+    a, _ = two
+    keys, accounts = a.collection("keys"), a.collection("accounts")
+    keys.generation(), accounts.generation()
+    with redis_server.client() as client:
+        def evals() -> int:
+            return int(client.info("commandstats").get("cmdstat_eval", {}).get("calls", 0))
+        before, started = evals(), time.monotonic()
+        for _ in range(2000):
+            keys.generation()
+            accounts.generation()
+        elapsed = time.monotonic() - started
+        asked = evals() - before
+    # each ask is one pipeline of two EVALs (both collections)
+    assert asked <= 2 * (elapsed / GENERATION_MAX_AGE_S + 2), (asked, elapsed)
+
+
+def test_later_writes_land_in_order_without_waiting_and_close_sends_the_rest(two):
+    a, b = two
+    token = a.later.lease("inflight:acc1", ttl=30)
+    a.later.set("routing:turn-state:t1", "acc1", ttl=30)
+    a.later.incr("auth:tokens:k1", 40, ttl=60)
+    a.later.incr("auth:tokens:k1", 2)
+    assert a.later.flush(5)
+    assert b.leases("inflight:acc1") == 1 and b.get("routing:turn-state:t1") == "acc1" and b.get("auth:tokens:k1") == 42
+    a.later.release("inflight:acc1", token)
+    a.later.delete("routing:turn-state:t1")
+    other = a.later.lease("inflight:acc1", ttl=30)  # taken then given back in one batch: order kept
+    a.later.release("inflight:acc1", other)
+    a.later.incr("auth:tokens:k1", 8)
+    a.close()  # sends what is left before it returns
+    assert b.leases("inflight:acc1") == 0 and b.get("routing:turn-state:t1") is None and b.get("auth:tokens:k1") == 50
+
+
+def test_later_writes_wait_out_a_redis_restart_and_are_sent_once_it_is_back():
+    server = start_redis(appendonly=True)
+    try:
+        state, reader = RedisState.from_url(server.url), RedisState.from_url(server.url)
+        state.later.incr("auth:tokens:k1", 5)
+        assert state.later.flush(5)
+        server.stop()
+        started = time.monotonic()
+        state.later.incr("auth:tokens:k1", 7)  # never raises, never waits
+        token = state.later.lease("inflight:acc1", ttl=60)
+        state.later.release("inflight:acc1", token)
+        assert time.monotonic() - started < 0.1
+        assert not state.later.flush(1)  # kept, not sent
+        server.start()
+        assert state.later.flush(10)
+        assert reader.get("auth:tokens:k1") == 12 and reader.leases("inflight:acc1") == 0
+        state.close()
+        reader.close()
+    finally:
+        server.close()
 
 
 def test_a_redis_that_never_answers_is_unavailable_within_seconds():
