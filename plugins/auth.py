@@ -77,7 +77,9 @@ class DailyTokens:
         day = day_of(at)
         # Kept an hour past the day's end: a row finishing just after midnight still lands.
         ttl = max(60.0, day + 86400 + 3600 - time.time())
-        self.state.incr(TOKENS_KEY.format(day=day, key_id=key_id), tokens, ttl=ttl)
+        # In the background (`state.later`): rows are logged as a request ends, and the count is
+        # read by the key's next request; on Redis it lands a few milliseconds later.
+        self.state.later.incr(TOKENS_KEY.format(day=day, key_id=key_id), tokens, ttl=ttl)
 
     def _on_row(self, row: dict[str, Any]) -> None:
         tokens = _row_tokens(row)

@@ -208,3 +208,36 @@ def test_fifty_requests_needing_a_refresh_over_both_proxies_refresh_once(make_pr
     assert not fake.errors and "refresh_token_reused" not in a.log_text() + b.log_text()
     [stored] = a.cli_json("accounts", "list")
     assert stored["status"] == "active" and stored["refresh_failures"] == 0
+
+
+def test_writes_made_after_the_answer_still_count_across_proxies(pair, fake, redis_url):
+    """The request's lease, its release and its tokens are sent in the background (`state.later`),
+    off the client's wait: a stream in flight on one proxy still counts on the shared state, its
+    lease is given back when it ends, and a key's daily tokens used through one proxy are refused
+    on the other."""
+    import threading
+
+    import redis
+
+    from tests.conftest import wait_for
+
+    a, b = pair
+    first, _ = a.fake_accounts  # "ordered" routing: every request goes to `first`
+    fake.script(first, B.drip(delay=0.2, count=10))
+    redis_client = redis.Redis.from_url(redis_url, decode_responses=True)
+    inflight = "codexproxy:l:inflight:*"
+
+    def leases() -> int:
+        return sum(redis_client.zcard(name) for name in redis_client.scan_iter(match=inflight))
+
+    streaming = threading.Thread(target=lambda: post(a), daemon=True)
+    streaming.start()
+    wait_for(lambda: leases() == 1, timeout=5, what="the stream's lease on the shared state")
+    streaming.join(15)
+    wait_for(lambda: leases() == 0, timeout=5, what="the lease given back after the stream")
+    key = a.cli_json("keys", "create", "budget", "--daily-tokens", "1")["key"]
+    assert post(a, key).status_code == 200  # its tokens go over the budget of 1
+    wait_for(lambda: post(b, key).status_code == 429, timeout=5, what="b refusing the key's next request")
+    refused = post(b, key)
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "daily_token_limit_exceeded"
+    redis_client.close()

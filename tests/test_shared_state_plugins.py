@@ -125,6 +125,8 @@ def test_daily_tokens_add_up_across_proxies_and_a_restart_does_not_count_twice(t
     daily_tokens(a), daily_tokens(b)
     a.logs.append({"id": "r1", "key_id": key.id, "input_tokens": 30, "output_tokens": 10})
     b.logs.append({"id": "r2", "key_id": key.id, "input_tokens": 40, "output_tokens": 0})
+    # Counted in the background (`state.later`): sent a few milliseconds after the row.
+    assert a.state.later.flush(5) and b.state.later.flush(5)
     assert daily_tokens(a).today(key.id) == daily_tokens(b).today(key.id) == 80
     check_limits(b, key)
     # "one" restarts: its log holds r1, which the shared counter has already.
@@ -132,6 +134,7 @@ def test_daily_tokens_add_up_across_proxies_and_a_restart_does_not_count_twice(t
     assert daily_tokens(again).seeded.wait(10)
     assert daily_tokens(again).today(key.id) == 80
     again.logs.append({"id": "r3", "key_id": key.id, "input_tokens": 20, "output_tokens": 0})
+    assert again.state.later.flush(5)
     with pytest.raises(GatewayError) as refused:
         check_limits(b, key)
     assert refused.value.status == 429 and "100 tokens" in refused.value.message

@@ -11,7 +11,8 @@ Turned off, the client's own credentials go upstream unchanged.
 Everything shared between requests is in `app.state`, so a pool of proxies on one state routes as
 one: round-robin cursors are counters, and each request in flight on an account is a lease under
 `account_inflight_key` (what limits.account_max_inflight caps and /metrics shows), which expires
-on its own if the process holding it dies. Store writes (cooldowns) happen in worker threads: the
+on its own if the process holding it dies. Writes no request waits for (turn-states, a lease's
+release) go through `app.state.later`, off the request's path. Store writes (cooldowns) happen in worker threads: the
 failure hook runs in one, and the success hook hands its write to `_writer`.
 """
 
@@ -144,17 +145,17 @@ def _no_account_error(app, exchange) -> GatewayError:
 
 
 def _pick(app, exchange, pool: list):
-    """The first candidate under its inflight cap; takes a lease on it (released at exchange_done)."""
+    """The first candidate under its inflight cap; takes a lease on it (released at exchange_done).
+    With a cap, the lease is taken only under it, in one step of the state (one Redis round trip
+    per account tried); without one, the lease only counts the request for /metrics and is sent
+    in the background (`state.later`), costing the request no round trip."""
     cap = app.config.limits.account_max_inflight
     state = app.state
     for account in pool:
         key = account_inflight_key(account.id)
-        if cap and state.leases(key) >= cap:
-            continue
-        token = state.lease(key, _lease_ttl(app))
-        if cap and state.leases(key) > cap:  # another request (or proxy) took the last slot meanwhile
-            state.release(key, token)
-            continue
+        token = state.lease(key, _lease_ttl(app), limit=cap) if cap else state.later.lease(key, _lease_ttl(app))
+        if token is None:
+            continue  # at its cap (here or on another proxy)
         exchange.meta.setdefault("routing_claims", []).append((key, token))
         return account
     return None
@@ -206,8 +207,10 @@ def codexproxy_shutdown(app):
 
 
 def _release(app, exchange) -> None:
+    # In the background: the request is over and nothing waits for the slot's return here (a
+    # lost release still ends with the lease's TTL).
     for key, token in exchange.meta.pop("routing_claims", []):
-        app.state.release(key, token)
+        app.state.later.release(key, token)
 
 
 # --- failure handling ------------------------------------------------------------------------

@@ -69,7 +69,9 @@ class Bindings:
         return self.owner("session:" + exchange.session_id) if exchange.session_id else None
 
     def remember_turn_state(self, turn_state: str, account_id: str, ttl: float) -> None:
-        self.state.set(TURN_STATES + _hashed(turn_state), account_id, ttl=ttl)
+        # In the background (`state.later`): the next turn that sends it back comes after this
+        # answer has streamed to the client, long after the write has landed.
+        self.state.later.set(TURN_STATES + _hashed(turn_state), account_id, ttl=ttl)
 
     def turn_state_owner(self, turn_state: str) -> str | None:
         return self.state.get(TURN_STATES + _hashed(turn_state))
