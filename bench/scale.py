@@ -179,20 +179,65 @@ class CommandCounts:
     before_last_byte: dict[str, float] = field(default_factory=dict)  # kind -> share sent before the response's last byte
     stats_total: float = 0.0  # INFO commandstats: calls per request, the idle rate taken out
     idle_per_s: float = 0.0  # commands per second with no request (background jobs, health checks)
+    trips: float = 0.0  # round trips per request on the proxy's other connections (see TRIP_GAP_S)
+    background_trips: float = 0.0  # round trips per request of `state.later`'s connection (its batches)
+    log_trips: float = 0.0  # round trips per request of the request log's shipper (its own thread)
 
     def per_request(self, counts: dict[str, int]) -> list[tuple[str, float]]:
         return sorted(((kind, n / self.requests) for kind, n in counts.items()), key=lambda x: (-x[1], x[0]))
 
 
+def _eval_words(words: list[str]) -> tuple[str, list[str]]:
+    """EVAL's script named (codexproxy's, by its text: MONITOR shows it whole, its newlines as
+    backslash-n) and the words after it: numkeys, keys, args."""
+    from codexproxy import state_redis
+
+    text = " ".join(words[1:]).replace("\\n", " ").split()
+    best: tuple[str, list[str]] = ("", [])
+    for name, script in vars(state_redis).items():
+        if name.startswith("_") and name.isupper() and isinstance(script, str):
+            body = script.split()
+            if body and text[:len(body)] == body and len(body) > len(best[1]):  # the longest: scripts share a prefix (_NOW)
+                best = (name.strip("_").lower(), body)
+    return (best[0], text[len(best[1]):]) if best[1] else ("(inline)", [])
+
+
 def _kind(words: list[str], scripts: dict[str, str]) -> str:
     name = words[0].upper()
-    if name in ("EVALSHA", "EVAL") and len(words) > 3:
-        label = scripts.get(words[1], words[1][:8]) if name == "EVALSHA" else "(inline)"
+    if name == "EVAL":
+        label, rest = _eval_words(words)
+        keys = int(rest[0]) if rest and rest[0].isdigit() else 0
+        return f"EVAL {label} " + " ".join(key_shape(k) for k in rest[1:1 + keys])
+    if name == "EVALSHA" and len(words) > 3:
+        label = scripts.get(words[1], words[1][:8])
         keys = int(words[2]) if words[2].isdigit() else 0
         return f"{name} {label} " + " ".join(key_shape(k) for k in words[3:3 + keys])
     if name in ("MULTI", "EXEC", "DISCARD", "UNWATCH", "PING", "SCRIPT", "CLIENT", "HELLO", "SELECT"):
         return name
     return f"{name} {key_shape(words[1])}" if len(words) > 1 else name
+
+
+# Commands one connection sends in one pipeline reach Redis in one read and run back to back
+# (a few microseconds apart, ~20 us with MONITOR on a loaded machine); a client waiting for each
+# answer leaves a loopback round trip and redis-py's work between two (~100 us and more; the
+# Python between two state calls of a request adds far more). A gap above this starts a new trip.
+TRIP_GAP_S = 100e-6
+BACKGROUND = " (background)"  # the label suffix of `state.later`'s commands (its own named connection)
+
+
+def _trips(lines: list[tuple[float, str, str, str]]) -> list[list[str]]:
+    """Round trips in (time, client type, command, client address) lines, each as its commands:
+    per connection, a run of commands each within TRIP_GAP_S of the one before is one trip."""
+    last: dict[str, float] = {}
+    open_trip: dict[str, list[str]] = {}
+    trips: list[list[str]] = []
+    for at, _, command, addr in sorted(lines):
+        if at - last.get(addr, float("-inf")) > TRIP_GAP_S:
+            open_trip[addr] = []
+            trips.append(open_trip[addr])
+        open_trip[addr].append(command)
+        last[addr] = at
+    return trips
 
 
 def _commandstats(client) -> dict[str, int]:
@@ -211,7 +256,7 @@ async def redis_commands(client, send_one, requests: int, idle_s: float = 3.0) -
     await asyncio.sleep(idle_s)
     s1 = _commandstats(client)
     marker = f"bench-monitor-end-{os.getpid()}"
-    lines: list[tuple[float, str, str]] = []  # (Redis's time, client type, command)
+    lines: list[tuple[float, str, str, str]] = []  # (Redis's time, client type, command, client address)
     started = threading.Event()
 
     def watch() -> None:
@@ -220,7 +265,8 @@ async def redis_commands(client, send_one, requests: int, idle_s: float = 3.0) -
             for entry in m.listen():
                 if marker in entry["command"]:
                     return
-                lines.append((float(entry["time"]), entry.get("client_type", ""), entry["command"]))
+                lines.append((float(entry["time"]), entry.get("client_type", ""), entry["command"],
+                              f"{entry.get('client_address')}:{entry.get('client_port')}"))
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
@@ -234,8 +280,24 @@ async def redis_commands(client, send_one, requests: int, idle_s: float = 3.0) -
         bounds.append((sent, time.time()))
     await asyncio.sleep(0.3)  # what a request does after its last byte (the log row, a lease's release)
     elapsed = time.monotonic() - began
+    from codexproxy import state_redis
+
+    later_name = getattr(getattr(state_redis, "_RedisLater", None), "CLIENT_NAME", None)  # None: a codexproxy before `later`
+    background = {c["addr"] for c in client.client_list() if later_name and c.get("name") == later_name}
     client.echo(marker)
     await asyncio.to_thread(watcher.join, 10)
+    ours = [line for line in lines if line[1] != "lua" and line[2].split()[:1] and line[2].split()[0].upper() not in ("MONITOR", "INFO", "CLIENT")]
+    # The request log's shipper (codexproxy/logstore_redis.py: a thread of its own, MULTI/EXEC on
+    # `{log}` keys) shares the state's connections: its trips are told apart by their keys.
+    shared_trips = _trips([line for line in ours if line[3] not in background])
+    log_trips = [t for t in shared_trips if any("{log}" in c for c in t)]
+    counts.trips = (len(shared_trips) - len(log_trips)) / requests
+    counts.log_trips = len(log_trips) / requests
+    counts.background_trips = len(_trips([line for line in ours if line[3] in background])) / requests
+
+    def kind_of(words: list[str], addr: str) -> str:
+        return _kind(words, scripts) + (BACKGROUND if addr in background else "")
+
     s2 = _commandstats(client)
     ours = {"info", "echo", "monitor"}
     idle = sum(n - s0.get(k, 0) for k, n in s1.items() if k not in ours)
@@ -245,28 +307,28 @@ async def redis_commands(client, send_one, requests: int, idle_s: float = 3.0) -
     middle = requests // 2  # a request in the middle: caches warm, its neighbours' commands outside its bounds
     start, done = bounds[middle]
     end = bounds[middle + 1][0] if middle + 1 < requests else done + 0.3
-    for at, kind, command in lines:
+    for at, kind, command, addr in lines:
         words = command.split()
         if start <= at < end and words and kind != "lua":
             where = "before its last byte" if at <= done else "after its last byte"
-            counts.one_request.append(f"+{(at - start) * 1000:6.2f} ms ({where}): {_kind(words, scripts)}")
+            counts.one_request.append(f"+{(at - start) * 1000:6.2f} ms ({where}): {kind_of(words, addr)}")
     starts = [b[0] for b in bounds]
     seen: dict[str, list[int]] = {}  # kind -> [before the last byte, all]
-    for at, kind, command in lines:
+    for at, kind, command, addr in lines:
         words = command.split()
         i = bisect.bisect_right(starts, at) - 1
         if i < 0 or kind == "lua" or not words:
             continue
-        tally = seen.setdefault(_kind(words, scripts), [0, 0])
+        tally = seen.setdefault(kind_of(words, addr), [0, 0])
         tally[0] += at <= bounds[i][1]
         tally[1] += 1
     counts.before_last_byte = {k: before / total for k, (before, total) in seen.items()}
-    for _, kind, command in lines:
+    for _, kind, command, addr in lines:
         words = command.split()
-        if not words or words[0].upper() in ("MONITOR", "INFO"):
+        if not words or words[0].upper() in ("MONITOR", "INFO", "CLIENT"):
             continue
         bucket = counts.in_scripts if kind == "lua" else counts.sent
-        label = _kind(words, scripts)
+        label = kind_of(words, addr)
         bucket[label] = bucket.get(label, 0) + 1
     return counts
 
