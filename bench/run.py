@@ -914,7 +914,7 @@ async def section_redis(run: Run) -> None:
     rows.append(("Redis commands the proxy sends per request (MONITOR)", f"{sent:.1f}", "-", "-"))
     rows.append(("Redis commands run per request, its scripts' inner ones included", f"{sent + inside:.1f}", "-", "-"))
     rows.append(("Redis round trips per request, the request's own (a pipeline is one; MONITOR)", f"{counts.trips:.2f}", "-", "-"))
-    rows.append(("Redis round trips per request, off its path: `state.later` + the log's shipper",
+    rows.append(("Redis round trips per request, off its path: `state.later` + the log shipper and /metrics flusher",
                  f"{counts.background_trips:.2f} + {counts.log_trips:.2f}", "-", "-"))
     details.append(f"redis commands per request: {sent:.2f} sent by the proxy, {inside:.2f} more inside its Lua scripts (MONITOR, "
                    f"{counts.requests} sequential requests); INFO commandstats: {counts.stats_total:.2f} calls per request "

@@ -181,7 +181,7 @@ class CommandCounts:
     idle_per_s: float = 0.0  # commands per second with no request (background jobs, health checks)
     trips: float = 0.0  # round trips per request on the proxy's other connections (see TRIP_GAP_S)
     background_trips: float = 0.0  # round trips per request of `state.later`'s connection (its batches)
-    log_trips: float = 0.0  # round trips per request of the request log's shipper (its own thread)
+    log_trips: float = 0.0  # round trips per request of the request log's shipper and the /metrics flusher (threads of their own)
 
     def per_request(self, counts: dict[str, int]) -> list[tuple[str, float]]:
         return sorted(((kind, n / self.requests) for kind, n in counts.items()), key=lambda x: (-x[1], x[0]))
@@ -287,10 +287,11 @@ async def redis_commands(client, send_one, requests: int, idle_s: float = 3.0) -
     client.echo(marker)
     await asyncio.to_thread(watcher.join, 10)
     ours = [line for line in lines if line[1] != "lua" and line[2].split()[:1] and line[2].split()[0].upper() not in ("MONITOR", "INFO", "CLIENT")]
-    # The request log's shipper (codexproxy/logstore_redis.py: a thread of its own, MULTI/EXEC on
-    # `{log}` keys) shares the state's connections: its trips are told apart by their keys.
+    # The request log's shipper (codexproxy/logstore_redis.py) and the /metrics flusher
+    # (plugins/admin/metrics.py, about once a second) run on threads of their own and share the
+    # state's connections: their trips are told apart by their keys.
     shared_trips = _trips([line for line in ours if line[3] not in background])
-    log_trips = [t for t in shared_trips if any("{log}" in c for c in t)]
+    log_trips = [t for t in shared_trips if any("{log}" in c or ":v:metrics:" in c for c in t)]
     counts.trips = (len(shared_trips) - len(log_trips)) / requests
     counts.log_trips = len(log_trips) / requests
     counts.background_trips = len(_trips([line for line in ours if line[3] in background])) / requests
