@@ -15,6 +15,8 @@ from typing import Any, Callable
 
 import schedule
 
+from .exchange import GatewayError
+
 log = logging.getLogger("codexproxy.jobs")
 
 
@@ -41,10 +43,15 @@ class Jobs:
         job.seconds.do(self.run_due, name).tag(name)
 
     def run_due(self, name: str) -> Any:
-        """The scheduled run: skipped if another process on the state ran this turn already."""
-        if not self.app.state.add(f"job:due:{name}", time.time(), ttl=self.intervals[name] * 0.9):
+        """The scheduled run: skipped if another process on the state ran this turn already,
+        or when the shared state cannot be reached (the thread lives on for the next turn)."""
+        try:
+            if not self.app.state.add(f"job:due:{name}", time.time(), ttl=self.intervals[name] * 0.9):
+                return None
+            return self.run(name)
+        except GatewayError as exc:  # StateUnavailable: Redis is down
+            log.warning("job %s skipped: %s", name, exc.message)
             return None
-        return self.run(name)
 
     def run(self, name: str) -> Any:
         """Run a job now, in this thread (skipped if it is running here or in another process)."""
