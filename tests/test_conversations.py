@@ -5,14 +5,15 @@ evicted id is 400 previous_response_not_found, as OpenAI answers."""
 from __future__ import annotations
 
 import json
-import stat
 import time
 
 import httpx
 import openai
 import pytest
 
-from codexproxy_plugins.adapter.conversations import FILE_NAME, ConversationStore, replay_items
+from codexproxy.state import LocalState
+from codexproxy.store import Store
+from codexproxy_plugins.adapter.conversations import ENTRY, ConversationStore, replay_items
 from tests.conftest import wait_for
 from tests.fakeupstream import B
 
@@ -21,28 +22,34 @@ pytestmark = pytest.mark.client
 
 # --- the store on its own ----------------------------------------------------------------------
 
+def keep(store: ConversationStore, response_id: str, key_id, input_items: list) -> None:
+    store.put(response_id, key_id, input_items, {"id": response_id, "output": []})
+    assert store.flush(), "the write did not finish"
+
+
 def test_store_caps_evict_the_oldest_and_entries_belong_to_their_key(tmp_path):
-    store = ConversationStore(tmp_path / FILE_NAME, max_entries=2, max_bytes=10_000_000, ttl_s=3600)
+    state = LocalState(Store(tmp_path / "codexproxy.json"))
+    store = ConversationStore(state, max_entries=2, max_bytes=10_000_000, ttl_s=3600)
     for n in range(3):
-        store.put(f"resp_{n}", "key_a", [{"n": n}], {"id": f"resp_{n}", "output": []})
-        wait_for(lambda: not store.pending, what="the write")
-        time.sleep(0.01)  # distinct creation times
+        keep(store, f"resp_{n}", "key_a", [{"n": n}])
     assert store.get("resp_0", "key_a") is None  # the oldest went first
+    assert state.get(ENTRY + "resp_0") is None  # from the state too, not only hidden
+    assert store.get("resp_1", "key_a")["input"] == [{"n": 1}]
     assert store.get("resp_2", "key_a")["input"] == [{"n": 2}]
     assert store.get("resp_2", "key_b") is None  # another key's conversation is not there for it
     store.close()
 
-    small = ConversationStore(tmp_path / "small.sqlite3", max_entries=100, max_bytes=300, ttl_s=3600)
+    small = ConversationStore(LocalState(Store(tmp_path / "small.json")), max_entries=100, max_bytes=400, ttl_s=3600)  # two entries fit
     for n in range(3):
-        small.put(f"r{n}", None, ["x" * 100], {"id": f"r{n}"})
-        wait_for(lambda: not small.pending, what="the write")
-        time.sleep(0.01)
-    assert small.get("r0", None) is None and small.get("r2", None) is not None
+        keep(small, f"r{n}", None, ["x" * 100])
+    assert small.get("r0", None) is None and small.get("r1", None) is not None and small.get("r2", None) is not None
+    keep(small, "huge", None, ["x" * 400])  # over max_bytes alone: not kept, and evicts nothing
+    assert small.get("huge", None) is None and small.get("r2", None) is not None
     small.close()
 
-    expired = ConversationStore(tmp_path / "ttl.sqlite3", max_entries=100, max_bytes=10**6, ttl_s=0.2)
-    expired.put("old", None, [], {"id": "old"})
-    wait_for(lambda: not expired.pending, what="the write")
+    expired = ConversationStore(LocalState(Store(tmp_path / "ttl.json")), max_entries=100, max_bytes=10**6, ttl_s=0.2)
+    keep(expired, "old", None, [])
+    assert expired.get("old", None) is not None
     time.sleep(0.3)
     assert expired.get("old", None) is None
     expired.close()
@@ -100,11 +107,9 @@ def test_three_turns_by_previous_response_id_only(make_proxy, fake):
     kept = oai.responses.retrieve(second.id)
     assert kept.id == second.id and kept.output_text == "You are Ada."
 
-    # the kept file: beside the log store, private, no secret in it
-    path = proxy.data_dir / FILE_NAME
-    assert path.exists() and stat.S_IMODE(path.stat().st_mode) == 0o600
-    raw = b"".join(p.read_bytes() for p in proxy.data_dir.glob(FILE_NAME + "*"))
-    assert proxy.key.encode() not in raw and acct.access_token.encode() not in raw
+    # kept in the state (app.state), in no file of the plugin's own (tests/test_conversations_shared.py
+    # reads what reaches a shared state: no key, no token)
+    assert not list(proxy.data_dir.glob("conversations*"))
 
 
 def test_unknown_id_other_keys_and_codex_traffic(make_proxy, fake):
@@ -163,4 +168,6 @@ def test_the_cap_evicts_the_oldest_and_off_refuses_the_field(make_proxy, fake):
     with pytest.raises(openai.BadRequestError) as info:
         client.responses.create(model="gpt-5.5", input="x", previous_response_id="resp_1")
     assert info.value.body["param"] == "previous_response_id" and "enabled" in info.value.body["message"]
-    assert not (off.data_dir / FILE_NAME).exists()
+    fake.set_default(off.fake_accounts[0], B.ok(text="ok"))
+    answered = client.responses.create(model="gpt-5.5", input="x")
+    assert httpx.get(f"{off.url}/v1/responses/{answered.id}", headers=off.auth, timeout=30).status_code == 404  # nothing kept

@@ -24,7 +24,7 @@ from .anthropic import (AnthropicAggregate, AnthropicStream, anthropic_error_bod
 from .chat import ChatAggregate, ChatStream, chat_session, chat_to_responses
 from .common import reasoning_fields
 from .completions import CompletionsAggregate, CompletionsStream, completions_to_chat
-from .conversations import FILE_NAME, ConversationStore, replay_items
+from .conversations import ConversationStore, replay_items
 from .modellist import anthropic_model_list, openai_model_list, slugs_from_upstream
 from .responses import ResponsesAggregate, ResponsesStream, normalize_responses_request
 
@@ -40,10 +40,13 @@ MODELS_STATE = ("adapter", "models")  # state collection and document: the upstr
 
 
 class ConversationsConfig(Section):
-    """What is kept for `previous_response_id` (conversations.py)."""
+    """What is kept for `previous_response_id` (conversations.py), in the state: on the
+    embedded backend in this process's memory (up to `max_bytes`), on Redis in Redis."""
 
     enabled: bool = True
-    max_entries: int = Field(2000, ge=1)
+    # Two state values per entry; the embedded state holds 100,000 values for every plugin and
+    # drops those closest to expiry beyond that (cooldowns, sessions): leave them room.
+    max_entries: int = Field(2000, ge=1, le=25_000)
     max_bytes: int = Field(200_000_000, ge=1)
     ttl_s: float = Field(86400.0, gt=0)
 
@@ -172,17 +175,19 @@ def _apply_model(app, exchange, body: dict, upstream: dict) -> None:
 
 # --- previous_response_id: conversations kept by the proxy (conversations.py) -----------------
 
-_STORES: dict[str, ConversationStore] = {}
-
-
 def _conversations(app) -> ConversationStore | None:
+    """This process's handle on the kept conversations (they live in `app.state`; the handle
+    holds only the writer thread and the entries being written)."""
     cfg = app.plugin_config("adapter").conversations
     if not cfg.enabled:
         return None
-    path = app.data_dir / FILE_NAME
-    store = _STORES.get(str(path))
+    holder = app.plugin_state("adapter.conversations", dict)
+    store = holder.get("store")
     if store is None:
-        store = _STORES[str(path)] = ConversationStore(path, cfg.max_entries, cfg.max_bytes, cfg.ttl_s)
+        with app.state_lock:
+            store = holder.get("store")
+            if store is None:
+                store = holder["store"] = ConversationStore(app.state, cfg.max_entries, cfg.max_bytes, cfg.ttl_s)
     return store
 
 
@@ -244,10 +249,9 @@ def codexproxy_exchange_done(app, exchange):
 
 @hookimpl
 def codexproxy_shutdown(app):
-    for path, store in list(_STORES.items()):
-        if path.startswith(str(app.data_dir)):
-            store.close()
-            _STORES.pop(path, None)
+    store = app.plugin_state("adapter.conversations", dict).pop("store", None)
+    if store is not None:
+        store.close()  # the entries being written reach the state before it closes
 
 
 _RESPONSE_PREFIXES = tuple(path + "/" for path in RESPONSES_PATHS)

@@ -2,30 +2,57 @@
 be false), so codexproxy keeps each Responses answer itself -- the input it was given and the
 output it produced -- and expands an id into that history on the next request.
 
-Kept in `conversations.sqlite3` in the data dir (beside the log store, never in the main
-store: it is bulky and churns), bounded by age, count and bytes, oldest evicted first. Only
-request bodies and response objects go in: no header, no token, no platform key. Each entry
-is tied to the key that made it, so one key cannot read another's conversation.
+Kept in the state (`app.state`, codexproxy/state.py), so that with `state.backend: redis` every
+instance and worker continues a conversation another one answered: each entry is one value with
+a TTL under `adapter:conversation:<response id>` (JSON text: the embedded state keeps it as one
+string, not a tree of objects). Only request bodies and response objects go in: no header, no
+token, no platform key. Each entry records the id of the key that made it, so one key cannot
+read another's conversation.
 
-Writes run on one background thread (SQLite fsyncs; hooks run on the proxy's event loop);
-an entry being written is already visible to reads through `pending`.
+Bounded by age (the values' TTL), count and bytes, oldest evicted first, with the state's
+atomic calls only (the interface has no "append and trim" primitive):
+- every kept entry takes the next slot number (`incr` of `...:seq`) and writes its slot
+  `...:slot:<n>` = {id, size, at}; a counter `...:bytes` adds its size;
+- whoever then finds `seq - evicted > max_entries` or `bytes > max_bytes` takes the named lock
+  `...:evict` without waiting and removes the oldest slots (entry, slot, bytes) until both caps
+  hold, advancing `...:evicted`. One evictor at a time, so no slot is evicted twice and the
+  counters stay exact; a writer that finds the lock taken leaves the eviction to its holder
+  (which re-reads the counters after each slot) or to the next write. So the caps may be
+  exceeded by the entries written during another's eviction, until the next write: an
+  approximation by a few entries, never a growth.
+- Every entry lives `ttl_s`, so expiry follows creation order: expired entries are always the
+  oldest slots and go first when a cap is reached; until then their slots count (a few bytes).
+- A slot number taken by a writer that died before writing its slot is a hole: the evictor
+  waits for it `HOLE_WAIT_S`, then passes it (its entry, if any, ends by its TTL).
+
+Writes run on one background thread per process (the JSON encoding of a long history, and on
+Redis several round trips; hooks run on the proxy's event loop); an entry being written is
+already visible to this process's reads through `pending`, and to other instances once its
+value is written -- within milliseconds of the answer's end.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import sqlite3
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
+
+from codexproxy.exchange import GatewayError
 
 log = logging.getLogger("codexproxy.adapter")
 
-FILE_NAME = "conversations.sqlite3"
+ENTRY = "adapter:conversation:"  # + response id: the kept entry (JSON text), with its TTL
+SEQ = "adapter:conversations:seq"  # counter: slot numbers handed out
+EVICTED = "adapter:conversations:evicted"  # every slot up to this number is evicted (the evictor's)
+BYTES = "adapter:conversations:bytes"  # counter: the sizes of the slots not yet evicted
+SLOT = "adapter:conversations:slot:"  # + n: {"id", "size", "at"} of the n-th kept entry
+HOLE = "adapter:conversations:hole:"  # + n: when the evictor first found slot n missing
+EVICT_LOCK = "adapter:conversations:evict"
+EVICT_LOCK_TTL_S = 60.0
+UNAVAILABLE_PAUSE_S = 2.0  # after the state could not be reached: answers are not kept meanwhile
+HOLE_WAIT_S = 30.0  # a slot number is written microseconds after it is taken: this long means its writer died
 
 
 def replay_items(entry: dict[str, Any]) -> list[dict[str, Any]]:
@@ -47,80 +74,104 @@ def replay_items(entry: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 class ConversationStore:
-    def __init__(self, path: Path, max_entries: int, max_bytes: int, ttl_s: float) -> None:
-        self.path = path
+    """The kept responses of one state (`app.state`), with this process's writer thread."""
+
+    def __init__(self, state: Any, max_entries: int, max_bytes: int, ttl_s: float) -> None:
+        self.state = state
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.ttl_s = ttl_s
         self.pending: dict[str, dict[str, Any]] = {}
-        self._lock = threading.Lock()
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="conversations")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)  # created private before SQLite opens it
-        os.close(fd)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS responses (id TEXT PRIMARY KEY, key_id TEXT, "
-                         "created REAL NOT NULL, size INTEGER NOT NULL, data TEXT NOT NULL)")
-        self._db.execute("CREATE INDEX IF NOT EXISTS responses_created ON responses (created)")
+        # While a shared state is unreachable each call fails only after its timeouts: queued
+        # answers are dropped until this time rather than piling up behind them.
+        self._unavailable_until = float("-inf")
 
     def get(self, response_id: str, key_id: str | None) -> dict[str, Any] | None:
-        """The kept entry {"input", "response"} of this key, or None (unknown,
-        expired, evicted, or another key's)."""
+        """The kept entry {"key_id", "input", "response"} of this key, or None (unknown,
+        expired, evicted, or another key's). Raises the state's StateUnavailable (a 503) when
+        a shared state cannot be reached."""
         entry = self.pending.get(response_id)
         if entry is None:
-            with self._lock:
-                row = self._db.execute("SELECT key_id, created, data FROM responses WHERE id = ?",
-                                       (response_id,)).fetchone()
-            if row is None or row[1] <= time.time() - self.ttl_s:
+            text = self.state.get(ENTRY + response_id)
+            if not isinstance(text, str):
                 return None
-            entry = {"key_id": row[0], **json.loads(row[2])}
-        if entry.get("key_id") != key_id:
+            entry = json.loads(text)
+        if not isinstance(entry, dict) or entry.get("key_id") != key_id:
             return None
         return entry
 
     def put(self, response_id: str, key_id: str | None, input_items: list, response: dict[str, Any]) -> None:
-        data = {"input": input_items, "response": response}  # the output is the response's
-        self.pending[response_id] = {"key_id": key_id, **data}
-        self._writer.submit(self._write, response_id, key_id, data)
+        """Keep this answer (written in the background; readable here at once)."""
+        entry = {"key_id": key_id, "input": input_items, "response": response}  # the output is the response's
+        self.pending[response_id] = entry
+        self._writer.submit(self._write, response_id, entry)
 
-    def _write(self, response_id: str, key_id: str | None, data: dict[str, Any]) -> None:
+    def _write(self, response_id: str, entry: dict[str, Any]) -> None:
         try:
-            text = json.dumps(data, ensure_ascii=False)
-            now = time.time()
-            with self._lock:
-                db = self._db
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)",
-                               (response_id, key_id, now, len(text.encode()), text))
-                    self._evict(db, now)
-                    db.execute("COMMIT")
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
+            if time.monotonic() < self._unavailable_until:
+                return
+            text = json.dumps(entry, ensure_ascii=False)
+            size = len(text.encode())
+            if size > self.max_bytes:
+                log.info("response %s not kept: %d bytes, over conversations.max_bytes", response_id, size)
+                return
+            self.state.set(ENTRY + response_id, text, ttl=self.ttl_s)
+            slot = int(self.state.incr(SEQ))
+            self.state.set(f"{SLOT}{slot}", {"id": response_id, "size": size, "at": time.time()})
+            total = self.state.incr(BYTES, size)
+            if slot - int(self.state.get(EVICTED, 0)) > self.max_entries or total > self.max_bytes:
+                self._evict()
+        except GatewayError as exc:  # the state's StateUnavailable: a shared state is unreachable
+            self._unavailable_until = time.monotonic() + UNAVAILABLE_PAUSE_S
+            log.warning("response %s not kept: %s", response_id, exc.message)
         except Exception:
             log.exception("could not keep response %s", response_id)
         finally:
             self.pending.pop(response_id, None)
 
-    def _evict(self, db: sqlite3.Connection, now: float) -> None:
-        """Expired entries, then the oldest, until both caps hold."""
-        db.execute("DELETE FROM responses WHERE created <= ?", (now - self.ttl_s,))
-        count, size = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM responses").fetchone()
-        if count <= self.max_entries and size <= self.max_bytes:
-            return
-        drop = []
-        for rid, row_size in db.execute("SELECT id, size FROM responses ORDER BY created, rowid"):
-            if count <= self.max_entries and size <= self.max_bytes:
-                break
-            drop.append((rid,))
-            count -= 1
-            size -= row_size
-        db.executemany("DELETE FROM responses WHERE id = ?", drop)
+    def _evict(self) -> None:
+        """The oldest slots, until both caps hold (see the module's docstring)."""
+        state = self.state
+        token = state.try_lock(EVICT_LOCK, EVICT_LOCK_TTL_S)
+        if token is None:
+            return  # another writer is evicting: it re-reads the counters after each slot
+        try:
+            evicted = int(state.get(EVICTED, 0))
+            while True:
+                seq = int(state.get(SEQ, 0))
+                if evicted >= seq or (seq - evicted <= self.max_entries and state.get(BYTES, 0) <= self.max_bytes):
+                    return
+                number = evicted + 1
+                slot = state.get(f"{SLOT}{number}")
+                if slot is None:
+                    if not self._hole_abandoned(number):
+                        return  # its writer is between taking the number and writing the slot
+                else:
+                    state.delete(ENTRY + slot["id"])
+                    state.incr(BYTES, -slot["size"])
+                    state.delete(f"{SLOT}{number}")
+                evicted = number
+                state.set(EVICTED, evicted)
+        finally:
+            state.unlock(EVICT_LOCK, token)
+
+    def _hole_abandoned(self, number: int) -> bool:
+        key = f"{HOLE}{number}"
+        if self.state.add(key, time.time(), ttl=HOLE_WAIT_S * 10):
+            return False
+        if time.time() - float(self.state.get(key, time.time())) < HOLE_WAIT_S:
+            return False
+        self.state.delete(key)
+        return True
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every entry given so far is written (tests, shutdown)."""
+        deadline = time.monotonic() + timeout
+        while self.pending and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return not self.pending
 
     def close(self) -> None:
+        """Write what is pending, then stop the writer (before the state closes)."""
         self._writer.shutdown(wait=True)
-        with self._lock:
-            self._db.close()
