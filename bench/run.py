@@ -37,7 +37,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import baselines  # noqa: E402
+from bench import baselines, logbench  # noqa: E402
 from bench.baselines import CodexProxy, LiteLLM, Mitmdump, Upstream, rss_mb  # noqa: E402
 from bench.load import Conn, closed_loop, median, percentile, stamps  # noqa: E402
 from bench.scale import CpuShares, StreamsLag, lag_line, many_streams, paired_latency, process_cpu, redis_commands  # noqa: E402
@@ -375,7 +375,7 @@ def verdict(ok: bool | None) -> str:
     return "-" if ok is None else ("PASS" if ok else "MISS")
 
 
-SECTIONS = ("latency", "throughput", "events", "websocket", "memory", "log", "converters", "workers", "redis")
+SECTIONS = ("latency", "throughput", "events", "websocket", "memory", "log", "converters", "workers", "redis", "logredis")
 NEEDS_BASELINES = ("latency", "throughput", "events", "websocket", "memory", "log")  # mitmdump and the default codexproxy
 
 
@@ -930,7 +930,7 @@ async def section_redis(run: Run) -> None:
 
 SECTION_RUNNERS = {"latency": section_latency, "throughput": section_throughput, "events": section_events,
                    "websocket": section_websocket, "memory": section_memory, "log": section_log, "converters": section_converters,
-                   "workers": section_workers, "redis": section_redis}
+                   "workers": section_workers, "redis": section_redis, "logredis": logbench.section_logredis}
 
 
 async def start_litellm(run: Run) -> None:

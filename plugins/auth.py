@@ -9,6 +9,7 @@ open (the CLI warns loudly at start).
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -18,6 +19,8 @@ from codexproxy import hookimpl
 from codexproxy.config import PluginConfig
 from codexproxy.exchange import GatewayError
 from codexproxy.logstore import start_of_today
+
+log = logging.getLogger(__name__)
 
 WINDOW_S = 60.0
 RPM_KEY = "auth:rpm:{key_id}"
@@ -96,7 +99,11 @@ class DailyTokens:
     def _seed(self, logs: Any) -> None:
         with self.lock:
             self.seeding = True
-        rows = [r for r in logs.since(start_of_today()) if r.get("key_id") and _row_tokens(r)]  # newest first
+        try:
+            rows = [r for r in logs.since(start_of_today()) if r.get("key_id") and _row_tokens(r)]  # newest first
+        except GatewayError as exc:  # the shared log (Redis) unreachable: today's earlier rows stay uncounted
+            log.warning("daily tokens: today's log not read: %s", exc.message)
+            rows = []
         with self.lock:
             for row in rows:
                 if row.get("id") not in self.live_ids:
