@@ -1,7 +1,7 @@
 """The status page with a week of history: render times with 100k request-log rows.
 
     .venv/bin/python bench/status_render.py            # ~30 s
-    .venv/bin/python bench/status_render.py --strict   # exit 1 if the dashboard misses its target
+    .venv/bin/python bench/status_render.py --strict   # exit 1 if a page with charts misses the target
     .venv/bin/python bench/status_render.py --rows 20000 --views 10
 
 In-process, one core: an App on a temporary data dir, `--rows` log rows spread over the last
@@ -9,7 +9,8 @@ In-process, one core: an App on a temporary data dir, `--rows` log rows spread o
 account. Then: the one-time count of the log into buckets (what a proxy does a few seconds
 after start), the cost an append adds for keeping the buckets up to date, and the median and
 worst of `--views` renders of each page (the HTML the browser gets, built as GET /status builds
-it) and of the `usage.history` method. Target (issue 16): dashboard median < 100 ms.
+it) and of the `usage.history` method. Target (issue 16): every page with charts (dashboard 24 h
+and 7 days, accounts, keys) renders in under 100 ms, median of the views.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--views", type=int, default=30)
-    parser.add_argument("--strict", action="store_true", help="exit 1 when the dashboard median misses the target")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a page with charts misses the target (median)")
     args = parser.parse_args()
     from codexproxy_plugins.admin import web
     from codexproxy_plugins.admin.methods import usage_history
@@ -115,23 +116,25 @@ def main() -> int:
 
         viewer = web.Viewer(None)
         results = []
-        for label, func in (("dashboard (/status)", lambda: web._page(app, viewer, "", {})),
-                            ("dashboard, 7 days (/status?window=7d)", lambda: web._page(app, viewer, "", {"window": "7d"})),
-                            ("accounts (/status/accounts)", lambda: web._page(app, viewer, "accounts", {})),
-                            ("keys (/status/keys)", lambda: web._page(app, viewer, "keys", {})),
-                            ("usage.history (RPC)", lambda: usage_history(app, {}))):
-            results.append((label, *timed(func, args.views)))
+        # (label, held to the target, what is timed): the pages with charts are; the RPC is not a page.
+        for label, charted, func in (("dashboard (/status)", True, lambda: web._page(app, viewer, "", {})),
+                                     ("dashboard, 7 days (/status?window=7d)", True, lambda: web._page(app, viewer, "", {"window": "7d"})),
+                                     ("accounts (/status/accounts)", True, lambda: web._page(app, viewer, "accounts", {})),
+                                     ("keys (/status/keys)", True, lambda: web._page(app, viewer, "keys", {})),
+                                     ("usage.history (RPC)", False, lambda: usage_history(app, {}))):
+            results.append((label, charted, *timed(func, args.views)))
         app.close()
 
     print(f"\ncounting {args.rows:,} rows into buckets once (at start): {build_s * 1000:.0f} ms")
     print(f"append with the buckets kept up to date: {with_buckets_us:.1f} us/row (without: {plain_us:.1f} us/row)\n")
     print(f"{'render, ' + str(args.views) + ' views':<42} {'median':>9} {'worst':>9}")
-    for label, med, worst in results:
+    for label, _, med, worst in results:
         print(f"{label:<42} {med:>6.1f} ms {worst:>6.1f} ms")
-    dashboard = results[0][1]
-    ok = dashboard < TARGET_MS
-    print(f"\ndashboard median {dashboard:.1f} ms with {args.rows:,} rows: {'PASS' if ok else 'MISS'} (target < {TARGET_MS:.0f} ms)")
-    return 0 if ok or not args.strict else 1
+    missed = [f"{label} {med:.1f} ms" for label, charted, med, _ in results if charted and med >= TARGET_MS]
+    slowest = max(med for _, charted, med, _ in results if charted)
+    print(f"\npages with charts, slowest median {slowest:.1f} ms with {args.rows:,} rows: "
+          f"{'MISS: ' + ', '.join(missed) if missed else 'PASS'} (target < {TARGET_MS:.0f} ms each)")
+    return 0 if not missed or not args.strict else 1
 
 
 if __name__ == "__main__":
