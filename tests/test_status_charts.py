@@ -397,3 +397,53 @@ def test_usage_history_over_http_needs_the_admin_token(proxy):
         assert page.status_code == 303 and page.headers["location"].startswith("/status/login")
         page = httpx.get(proxy.url + path, headers={"authorization": f"Bearer {proxy.admin_token}"})
         assert page.status_code == 200 and page.headers["cache-control"] == "no-store" and 'class="chart"' in page.text
+
+
+def test_requests_through_a_running_proxy_reach_the_charts_and_the_rpc(make_proxy, fake):
+    """End to end on the default (local) log: real requests through the proxy, one failing over on
+    a 429 from the first account, one refused for a bad key; then the dashboard's numbers tables
+    (GET /status, admin token) and `usage.history` over /rpc count exactly those."""
+    from tests.conftest import RESPONSES_BODY
+    from tests.fakeupstream import B
+
+    proxy = make_proxy(accounts=2)  # routing "ordered": the first account is tried first
+    first, second = proxy.fake_accounts
+    for acct in (first, second):
+        fake.set_default(acct, B.ok(usage={"input_tokens": 100, "output_tokens": 7, "total_tokens": 107}))
+    fake.script(first, B.rate_limited(retry_after=600))  # cooling for the rest of the test: all go to `second`
+    n = 4
+    with proxy.client() as client:
+        for _ in range(n):
+            r = client.post("/v1/responses", json=RESPONSES_BODY, headers=proxy.auth)
+            assert r.status_code == 200 and "response.completed" in r.text, r.text
+        assert client.post("/v1/responses", json=RESPONSES_BODY, headers={"authorization": "Bearer sk-wrong"}).status_code == 401
+    assert [r.account_id for r in fake.requests] == [first.account_id] + [second.account_id] * n
+    deadline = time.monotonic() + 10  # a row is written after its answer; the CLI's reading adds none
+    while len(proxy.cli_json("logs")) < n + 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    admin = {"authorization": f"Bearer {proxy.admin_token}"}
+
+    for window in ("24h", "7d"):  # the pages first: a /rpc call is a logged request itself
+        page = httpx.get(proxy.url + f"/status?window={window}", headers=admin, timeout=30).text
+        requests = chart_table(page, f"requests-{window}")
+        assert len(requests) == (24 if window == "24h" else 7)
+        assert sum(column(requests, page, f"requests-{window}", "answered")) == n
+        assert sum(column(requests, page, f"requests-{window}", "failed")) == 1
+        assert sum(column(requests, page, f"requests-{window}", "Total")) == n + 1
+        assert sum(column(chart_table(page, f"tokens-{window}"), page, f"tokens-{window}", "tokens")) == n * 107
+        for chart_id in (f"failovers-{window}", f"cooldowns-{window}"):
+            assert sum(column(chart_table(page, chart_id), page, chart_id, "rate_limited")) == 1
+
+    r = httpx.post(proxy.url + "/rpc", json={"jsonrpc": "2.0", "id": 1, "method": "usage.history"}, headers=admin, timeout=30)
+    data = r.json()["result"]
+    for buckets in (data["hours"], data["days"]):
+        assert sum(b["requests"] for b in buckets) == n + 1 and sum(b["errors"] for b in buckets) == 1
+        assert sum(b["tokens"] for b in buckets) == n * 107
+        assert [r for b in buckets for r in b["failovers"].items()] == [("rate_limited", 1)]
+        assert [r for b in buckets for r in b["cooldowns"].items()] == [("rate_limited", 1)]
+    ids = {a["email"]: a["id"] for a in proxy.cli_json("accounts", "list")}
+    shares = {a["id"]: a["share"]["24h"] for a in data["accounts"]}
+    assert (shares[ids[second.email]]["requests"], shares[ids[second.email]]["tokens"]) == (n, n * 107)
+    assert (shares[ids[first.email]]["requests"], shares[ids[first.email]]["tokens"]) == (0, 0)  # it only failed over
+    days = {k["name"]: k["days"] for k in data["keys"]}["test"]
+    assert (sum(d["requests"] for d in days), sum(d["tokens"] for d in days)) == (n, n * 107)
