@@ -21,6 +21,7 @@ import stat
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -209,6 +210,30 @@ def test_a_foreign_host_gets_421_on_every_route_before_auth(make_proxy, fake):
             r = client.post("/v1/responses", json=RESPONSES_BODY, headers={"host": host, **proxy.auth})
             assert r.status_code == 200, f"{host}: {r.status_code} {r.text[:200]}"
     assert len(fake.requests) == 6  # only the requests that named the proxy went upstream
+    # The WebSocket upgrade (Codex's transport) too: a page cannot open a socket through a name of its own.
+    for host in ("evil.example", f"evil.example:{port}"):
+        for auth in ("", proxy.key, proxy.admin_token):
+            assert websocket_upgrade(proxy, host, auth).startswith(b"HTTP/1.1 421 "), host
+    assert websocket_upgrade(proxy, f"127.0.0.1:{port}", proxy.key).startswith(b"HTTP/1.1 101 ")
+    assert len(fake.requests) == 6
+
+
+def websocket_upgrade(proxy, host: str, key: str) -> bytes:
+    """The status line of a WebSocket upgrade of /v1/responses (the headers Codex sends) naming
+    `host`, over a raw socket: a client library would put the URL's own host in the request."""
+    auth = f"authorization: Bearer {key}\r\n" if key else ""
+    head = (f"GET /v1/responses HTTP/1.1\r\nhost: {host}\r\nupgrade: websocket\r\nconnection: Upgrade\r\n"
+            f"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n"
+            f"openai-beta: responses_websockets=2026-02-06\r\n{auth}\r\n")
+    with socket.create_connection(host_port(proxy), timeout=10) as sock:
+        sock.sendall(head.encode())
+        data = b""
+        while b"\r\n" not in data:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    return data.split(b"\r\n", 1)[0] + b"\r\n"
 
 
 def test_allowed_hosts_adds_names(make_proxy, fake):
@@ -349,6 +374,55 @@ def test_kill_9_mid_write_leaves_no_temp_copy_after_the_next_start(make_proxy):
     assert not list(proxy.data_dir.glob(".*.tmp"))
 
 
+DISK_CALLS = """\
+import json, os, sys
+calls = []  # ("open", path, is_dir, fd) / ("fsync", fd) / ("replace", src, dst), in the order made
+real_open, real_fsync, real_replace = os.open, os.fsync, os.replace
+def traced_open(path, flags, *a, **kw):
+    fd = real_open(path, flags, *a, **kw)
+    calls.append(("open", os.fspath(path), bool(flags & os.O_DIRECTORY), fd))
+    return fd
+def traced_fsync(fd):
+    fd = fd if isinstance(fd, int) else fd.fileno()
+    calls.append(("fsync", fd))
+    return real_fsync(fd)
+def traced_replace(src, dst, *a, **kw):
+    calls.append(("replace", os.fspath(src), os.fspath(dst)))
+    return real_replace(src, dst, *a, **kw)
+os.open, os.fsync, os.replace = traced_open, traced_fsync, traced_replace
+from codexproxy.cli import main
+try:
+    code = main(sys.argv[2:])
+finally:
+    with open(sys.argv[1], "w") as fh:
+        json.dump(calls, fh)
+sys.exit(code)
+"""
+
+
+def test_the_store_syncs_its_directory_after_the_rename(make_proxy, tmp_path):
+    """A store write is durable across a power cut only once the rename is on disk: after each
+    os.replace of the temp copy onto the store, the data dir itself is opened and fsync'ed. The
+    CLI runs as a user runs it, with os.open/os.fsync/os.replace wrapped to record the order."""
+    proxy = make_proxy(accounts=0, key=False, start=False)
+    record = tmp_path / "calls.json"
+    child = subprocess.run([PYTHON, "-c", DISK_CALLS, str(record), "keys", "create", "laptop", "-c", str(proxy.config_path)],
+                           cwd=str(proxy.dir), env=proxy.env, capture_output=True, text=True, timeout=60)
+    assert child.returncode == 0, child.stdout + child.stderr
+    calls = json.loads(record.read_text())
+    store, data_dir = str(proxy.store_path), str(proxy.data_dir)
+    renames = [i for i, c in enumerate(calls) if c[0] == "replace" and c[2] == store]
+    assert renames, f"no rename onto the store: the test proves nothing ({calls})"
+    for n, i in enumerate(renames):
+        before_next = calls[i + 1:renames[n + 1] if n + 1 < len(renames) else len(calls)]
+        dir_fds = [c[3] for c in before_next if c[0] == "open" and c[2] and os.path.realpath(c[1]) == os.path.realpath(data_dir)]
+        synced = [c[1] for c in before_next if c[0] == "fsync"]
+        assert any(fd in synced for fd in dir_fds), f"rename {n + 1} onto the store: the data dir was not fsync'ed after it ({before_next})"
+        temp = calls[i][1]
+        temp_fds = [c[3] for c in calls[:i] if c[0] == "open" and c[1] == temp]
+        assert temp_fds and temp_fds[-1] in [c[1] for c in calls[:i] if c[0] == "fsync"], "the temp copy was not synced before the rename"
+
+
 def test_keys_create_refuses_a_past_expiry_like_the_admin_api(make_proxy):
     proxy = make_proxy(accounts=0, key=False, start=False)
     for value in ("2020-01-01", "0d", "yesterday"):
@@ -405,15 +479,62 @@ def test_a_busy_port_is_told_in_our_words_only(make_proxy):
     assert "--mode" not in out
 
 
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_data_dir() -> dict[str, re.Pattern]:
+    """The README's list of what `~/.codexproxy` holds, as {listed name: pattern of the paths it
+    stands for}: each bullet's leading `name`, the other file names its text gives in backticks
+    (the store's locks), `<name>` filled in with the collection names the bullet lists."""
+    text = README.read_text()
+    start = text.index("`~/.codexproxy` (the folder of `storage.path`")
+    section = text[start:text.index("\n\n", start)]
+    listed: dict[str, re.Pattern] = {}
+    for bullet in re.split(r"\n- ", section)[1:]:
+        ticked = re.findall(r"`([^`]+)`", bullet)
+        names = [ticked[0]] + [t for t in ticked[1:] if re.fullmatch(r"[\w.<>/-]+\.(json|lock|jsonl|sqlite3)", t)]
+        collections = [t for t in ticked[1:] if re.fullmatch(r"[a-z_]+", t)]
+        for name in names:
+            pattern = re.escape(name).replace(re.escape("<hash>"), "[0-9a-f]+").replace("NNNNNNNN", r"\d{8}")
+            pattern = pattern.replace(re.escape("<name>"), "(" + "|".join(collections) + ")")
+            listed[name] = re.compile(pattern.rstrip("/") + ("(/.*)?" if name.endswith("/") else ""))
+    return listed
+
+
 def test_the_data_dir_holds_only_what_the_readme_says(make_proxy):
-    """What ~/.codexproxy holds after a run (the README lists it): store, its lock, request logs,
-    the admin token, run.json while running, and mitmproxy's CA (mitmproxy/)."""
+    """What ~/.codexproxy holds after a run is exactly the README's list: every path in it is one
+    the README names, and every name the README gives is there (except what this run does not
+    make: kept conversations, a pending login). run.json goes when the proxy stops; nothing is
+    readable by others."""
+    listed = readme_data_dir()
+    assert {"codexproxy.json", "admin_token", "run.json", "logs/requests-NNNNNNNN.jsonl", "mitmproxy/"} <= set(listed), listed
     proxy = make_proxy()
-    httpx.post(proxy.url + "/v1/responses", json=RESPONSES_BODY, headers=proxy.auth, timeout=30)
-    names = {p.name for p in proxy.data_dir.iterdir()}
-    assert {"codexproxy.json", "admin_token", "run.json", "logs", "mitmproxy"} <= names, names
+    with proxy.client() as client:
+        assert client.post("/v1/responses", json=RESPONSES_BODY, headers=proxy.auth).status_code == 200
+        assert client.get("/v1/models", headers=proxy.auth).status_code == 200
+
+    def found(writer: int | None = None) -> dict[str, list[str]]:
+        """README name -> the paths it stands for; paths no name stands for under None."""
+        out: dict = {}
+        for path in sorted(proxy.data_dir.rglob("*")):
+            rel = path.relative_to(proxy.data_dir).as_posix()
+            if rel.startswith("mitmproxy/") or (rel == "logs" and path.is_dir()):
+                continue  # mitmproxy's own files; the log folder (its files are checked)
+            if writer and re.fullmatch(rf"\.codexproxy\.[\w.]+\.{writer}\.\d+\.tmp", rel):
+                continue  # the running proxy's write in progress (renamed onto its file a moment later)
+            out.setdefault(next((n for n, p in listed.items() if p.fullmatch(rel)), None), []).append(rel)
+        return out
+
+    running = found(writer=proxy.pid)
+    assert None not in running, f"in the data dir, not in the README's list: {running[None]}"
+    # Made only by what this run may not do: conversations.sqlite3 for an SDK client's stored
+    # Responses answers; a named lock (codexproxy.json.<hash>.lock) once a job or refresh takes one.
+    maybe = {"conversations.sqlite3", "codexproxy.json.<hash>.lock"}
+    expected = set(listed) - maybe
+    assert expected <= set(running) <= set(listed), f"listed but not there: {expected - set(running)}"
     proxy.stop()
-    assert "run.json" not in {p.name for p in proxy.data_dir.iterdir()}
+    stopped = found()
+    assert None not in stopped and set(stopped) == set(running) - {"run.json"}, stopped
     for path in proxy.data_dir.rglob("*"):
         if path.is_file() and not re.search(r"\.(pem|p12|cer)$", path.name):
             assert path.stat().st_mode & 0o077 == 0, f"{path} is readable by others"
