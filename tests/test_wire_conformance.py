@@ -556,9 +556,10 @@ def test_anthropic_messages_converted(capture, wire_proxy, stream):
 def test_claude_code_converted(tmp_path, capture, wire_proxy):
     """The real Claude Code: straight at the capture (no Messages route there: 404, recorded) and
     through the proxy; its non-protocol headers under the named list, its body per the README's field mapping."""
-    from tests.test_claude_code import check_converted, claude_binary, run_claude
+    from tests.npmclients import claude_binary
+    from tests.test_claude_code import check_converted, run_claude
 
-    claude_binary()
+    claude_binary()  # a missing Claude Code fails here, before the capture is touched
     capture.reset()
     run_claude(None, tmp_path, "say hello", base_url=capture.url + "/claude-direct", name="direct")
     direct = capture.wait_for(1, match=lambda r: r.method == "POST")[0]
