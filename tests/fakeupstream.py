@@ -113,7 +113,8 @@ class B:
     """Behaviour constructors. Options every behaviour takes: first_delay (seconds before the status
     line), headers (extra response headers). Stream options: rate_limits=True (a codex.rate_limits event
     first), model, usage (dict merged into response.usage), delay (between events), delta_delay,
-    split (seconds: each event sent in two pieces cut inside its data line, that long apart)."""
+    split (seconds: each event sent in two pieces cut inside its data line, that long apart),
+    tail_delay (seconds the stream stays open after its last event, as a real one may)."""
     ok = staticmethod(lambda text="Hello", deltas=3, delay=0.0, empty_output=False, **o:
                       _b("ok", text=text, deltas=deltas, delay=delay, empty_output=empty_output, **o))
     slow = staticmethod(lambda delay=0.5, text="Hello", deltas=3, **o:
@@ -817,6 +818,8 @@ class FakeUpstream(_ServerBase):
             h.chunk(frame)
         if kind == "cut":
             return h.abort(p.get("rst", False))
+        if p.get("tail_delay") and self._stopping.wait(p["tail_delay"]):
+            return h.abort()
         h.wfile.write(b"0\r\n\r\n")
 
     def _events(self, kind: str, p: dict, body: dict, acct: FakeAccount) -> list[tuple[str, dict]]:

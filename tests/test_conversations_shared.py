@@ -74,6 +74,21 @@ def test_a_turn_answered_by_one_proxy_continues_through_the_other_for_its_key_on
     assert not any(a.key in value or acct.access_token in value for value in kept)
 
 
+def test_an_answer_is_on_the_other_proxy_by_the_time_the_client_has_it(make_proxy, fake, redis_url):
+    """The entry is written before the answer's last event leaves, not when the exchange ends: a
+    client that asks the other proxy the moment it has response.completed finds it, although the
+    upstream keeps the stream open 2 s longer (kept at the exchange's end, it was missing then;
+    under load even with no tail, 2 to 50 of 80 keep-alive follow-ups missed it)."""
+    a, b = pair(make_proxy, redis_url)
+    fake.set_default(a.fake_accounts[0], B.ok(text="ok", tail_delay=2.0))
+    with sdk(a, a.key).responses.stream(model="gpt-5.5", input="hello " * 20_000) as stream:
+        done = next(event for event in stream if event.type == "response.completed")
+        kept = sdk(b, a.key).responses.retrieve(done.response.id)
+        assert kept.output_text == "ok"
+    answer = sdk(a, a.key).responses.create(model="gpt-5.5", input="not streamed")  # kept before the body leaves
+    assert sdk(b, a.key).responses.retrieve(answer.id).output_text == "ok"
+
+
 def test_the_caps_evict_the_oldest_across_both_proxies(make_proxy, fake, redis_url, redis_server):
     a, b = pair(make_proxy, redis_url, max_entries=2)
     fake.set_default(a.fake_accounts[0], B.ok(text="ok"))

@@ -228,23 +228,48 @@ def _continue_conversation(app, exchange, body: dict, upstream: dict) -> None:
         upstream["include"] = [*include, "reasoning.encrypted_content"]
 
 
-def _remember(app, exchange) -> None:
-    meta = exchange.meta.get("adapter") or {}
-    transform = meta.get("transform")
-    final = getattr(transform, "final", None)
-    if not meta.get("keep") or not isinstance(final, dict) or not isinstance(final.get("id"), str):
-        return
+def _remember(app, exchange, final: dict) -> None:
+    """Keep a finished Responses answer (with the input it was given) for previous_response_id."""
     store = _conversations(app)
-    if store is not None and exchange.upstream_body is not None:
+    if store is not None and isinstance(final.get("id"), str) and exchange.upstream_body is not None:
         store.put(final["id"], _key_id(exchange), exchange.upstream_body.get("input") or [], final)
 
 
-@hookimpl
-def codexproxy_exchange_done(app, exchange):
-    try:
-        _remember(app, exchange)
-    except Exception:  # keeping a conversation must never break the request's bookkeeping
-        log.exception("could not keep the response of exchange %s", exchange.id)
+class KeepWhenFinished:
+    """A Responses transform that keeps its answer the moment the answer is complete: before the
+    client's last event (or non-streamed body) is handed on, so that a follow-up the client sends
+    as soon as it has the answer finds it, on any instance. Everything else is the wrapped one's."""
+
+    def __init__(self, transform, keep) -> None:
+        self.transform = transform
+        self._keep = keep
+        self._kept = False
+
+    def __getattr__(self, name):
+        return getattr(self.transform, name)
+
+    def start(self, status, headers):
+        return self.transform.start(status, headers)
+
+    def feed(self, events):
+        out = self.transform.feed(events)
+        self._keep_final()
+        return out
+
+    def finish(self, error):
+        out = self.transform.finish(error)
+        self._keep_final()
+        return out
+
+    def _keep_final(self) -> None:
+        final = self.transform.final
+        if self._kept or not isinstance(final, dict):
+            return
+        self._kept = True
+        try:
+            self._keep(final)
+        except Exception:  # keeping a conversation must never break the answer
+            log.exception("could not keep response %s", final.get("id"))
 
 
 @hookimpl
@@ -291,7 +316,8 @@ def codexproxy_response_transform(app, exchange):
             return None
         else:
             transform = ResponsesStream(drop_codex_events=True)
-        meta["transform"] = transform  # its final Response is kept when the exchange is done
+        if meta["keep"]:
+            return KeepWhenFinished(transform, lambda final: _remember(app, exchange, final))
         return transform
     if protocol == "chat":
         return ChatStream(model, include_usage=meta["include_usage"]) if stream else ChatAggregate(model)

@@ -25,10 +25,14 @@ atomic calls only (the interface has no "append and trim" primitive):
 - A slot number taken by a writer that died before writing its slot is a hole: the evictor
   waits for it `HOLE_WAIT_S`, then passes it (its entry, if any, ends by its TTL).
 
-Writes run on one background thread per process (the JSON encoding of a long history, and on
-Redis several round trips; hooks run on the proxy's event loop); an entry being written is
-already visible to this process's reads through `pending`, and to other instances once its
-value is written -- within milliseconds of the answer's end.
+The entry's value is written when the answer is complete, before its last event leaves for the
+client (the adapter wraps the transform: `__init__.py`), by that one state call on the event
+loop -- so a follow-up sent as soon as the client has the answer finds it on any instance (written
+after the answer on a thread, it lost that race to a keep-alive client in up to half the tries:
+tests/test_conversations_shared.py). The JSON encoding is the loop's cost, about what encoding the
+upstream request body with that same history cost it a moment before. The
+slot, counters and eviction, which no reader waits for, run on one background thread per
+process.
 """
 
 from __future__ import annotations
@@ -81,54 +85,57 @@ class ConversationStore:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.ttl_s = ttl_s
-        self.pending: dict[str, dict[str, Any]] = {}
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="conversations")
-        # While a shared state is unreachable each call fails only after its timeouts: queued
-        # answers are dropped until this time rather than piling up behind them.
+        # While a shared state is unreachable each call fails only after its timeouts (on the
+        # event loop, for `put`): answers are not kept until this time rather than each waiting.
         self._unavailable_until = float("-inf")
 
     def get(self, response_id: str, key_id: str | None) -> dict[str, Any] | None:
         """The kept entry {"key_id", "input", "response"} of this key, or None (unknown,
         expired, evicted, or another key's). Raises the state's StateUnavailable (a 503) when
         a shared state cannot be reached."""
-        entry = self.pending.get(response_id)
-        if entry is None:
-            text = self.state.get(ENTRY + response_id)
-            if not isinstance(text, str):
-                return None
-            entry = json.loads(text)
+        text = self.state.get(ENTRY + response_id)
+        if not isinstance(text, str):
+            return None
+        entry = json.loads(text)
         if not isinstance(entry, dict) or entry.get("key_id") != key_id:
             return None
         return entry
 
-    def put(self, response_id: str, key_id: str | None, input_items: list, response: dict[str, Any]) -> None:
-        """Keep this answer (written in the background; readable here at once)."""
-        entry = {"key_id": key_id, "input": input_items, "response": response}  # the output is the response's
-        self.pending[response_id] = entry
-        self._writer.submit(self._write, response_id, entry)
-
-    def _write(self, response_id: str, entry: dict[str, Any]) -> None:
+    def put(self, response_id: str, key_id: str | None, input_items: list, response: dict[str, Any]) -> bool:
+        """Keep this answer: readable from every instance when this returns (one state call;
+        the caps are applied in the background). False if it was not kept."""
+        if time.monotonic() < self._unavailable_until:
+            return False
+        text = json.dumps({"key_id": key_id, "input": input_items, "response": response}, ensure_ascii=False)
+        size = len(text.encode())
+        if size > self.max_bytes:
+            log.info("response %s not kept: %d bytes, over conversations.max_bytes", response_id, size)
+            return False
         try:
-            if time.monotonic() < self._unavailable_until:
-                return
-            text = json.dumps(entry, ensure_ascii=False)
-            size = len(text.encode())
-            if size > self.max_bytes:
-                log.info("response %s not kept: %d bytes, over conversations.max_bytes", response_id, size)
-                return
             self.state.set(ENTRY + response_id, text, ttl=self.ttl_s)
+        except GatewayError as exc:  # the state's StateUnavailable: the answer itself is not failed for it
+            self._unreachable(response_id, exc)
+            return False
+        self._writer.submit(self._account, response_id, size)
+        return True
+
+    def _unreachable(self, response_id: str, exc: GatewayError) -> None:
+        self._unavailable_until = time.monotonic() + UNAVAILABLE_PAUSE_S
+        log.warning("response %s not kept: %s", response_id, exc.message)
+
+    def _account(self, response_id: str, size: int) -> None:
+        """The entry's slot and size in the caps' counters; evict if a cap is passed."""
+        try:
             slot = int(self.state.incr(SEQ))
             self.state.set(f"{SLOT}{slot}", {"id": response_id, "size": size, "at": time.time()})
             total = self.state.incr(BYTES, size)
             if slot - int(self.state.get(EVICTED, 0)) > self.max_entries or total > self.max_bytes:
                 self._evict()
-        except GatewayError as exc:  # the state's StateUnavailable: a shared state is unreachable
-            self._unavailable_until = time.monotonic() + UNAVAILABLE_PAUSE_S
-            log.warning("response %s not kept: %s", response_id, exc.message)
+        except GatewayError as exc:
+            self._unreachable(response_id, exc)
         except Exception:
-            log.exception("could not keep response %s", response_id)
-        finally:
-            self.pending.pop(response_id, None)
+            log.exception("could not count response %s in the conversations' caps", response_id)
 
     def _evict(self) -> None:
         """The oldest slots, until both caps hold (see the module's docstring)."""
@@ -166,12 +173,13 @@ class ConversationStore:
         return True
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until every entry given so far is written (tests, shutdown)."""
-        deadline = time.monotonic() + timeout
-        while self.pending and time.monotonic() < deadline:
-            time.sleep(0.005)
-        return not self.pending
+        """Wait until the caps' bookkeeping of every entry kept so far is done (tests)."""
+        try:
+            self._writer.submit(lambda: None).result(timeout)  # one thread: it runs after them all
+        except TimeoutError:
+            return False
+        return True
 
     def close(self) -> None:
-        """Write what is pending, then stop the writer (before the state closes)."""
+        """Finish the bookkeeping, then stop the writer (before the state closes)."""
         self._writer.shutdown(wait=True)
