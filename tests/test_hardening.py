@@ -527,9 +527,9 @@ def test_the_data_dir_holds_only_what_the_readme_says(make_proxy):
 
     running = found(writer=proxy.pid)
     assert None not in running, f"in the data dir, not in the README's list: {running[None]}"
-    # Made only by what this run may not do: conversations.sqlite3 for an SDK client's stored
-    # Responses answers; a named lock (codexproxy.json.<hash>.lock) once a job or refresh takes one.
-    maybe = {"conversations.sqlite3", "codexproxy.json.<hash>.lock"}
+    # Made only by what this run may not do: a named lock (codexproxy.json.<hash>.lock) once a job
+    # or refresh takes one.
+    maybe = {"codexproxy.json.<hash>.lock"}
     expected = set(listed) - maybe
     assert expected <= set(running) <= set(listed), f"listed but not there: {expected - set(running)}"
     proxy.stop()
