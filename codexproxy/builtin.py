@@ -7,10 +7,12 @@ the adapter plugin claims the same routes first to normalise and convert.
 
 from __future__ import annotations
 
+import re
 import time
 
 from . import __version__, hookimpl, wire
 from .exchange import GatewayError, LocalResponse, Route
+from .pipeline import json_bytes
 
 # Where clients send Responses requests (the adapter plugin claims the same paths, from here).
 RESPONSES_PATHS = ("/v1/responses", "/backend-api/codex/responses", "/responses")
@@ -76,6 +78,24 @@ def codexproxy_route(app, exchange):
     return None
 
 
+# A \uD800-\uDFFF escape in the raw JSON: only then can a parsed string hold a lone surrogate.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def check_compaction(exchange, body: dict) -> None:
+    """A compaction request goes upstream byte for byte (its items must survive), so nothing
+    re-encodes it on the way: what the other routes refuse while converting is refused here
+    (a model that is no name, an input that is no conversation, a lone surrogate) rather than
+    spent on an account."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise GatewayError(400, "'model' must be a model name (a non-empty string).", param="model")
+    if not isinstance(body.get("input"), (str, list)):
+        raise GatewayError(400, "'input' must be the conversation to compact: a string or a list of items.", param="input")
+    if isinstance(exchange.body, bytes) and _SURROGATE_ESCAPE.search(exchange.body):
+        json_bytes(body)  # the 400 the other routes give while encoding
+
+
 @hookimpl(trylast=True)
 def codexproxy_prepare_request(app, exchange):
     """Passthrough defaults: what the adapter did not set is read from the raw body."""
@@ -83,6 +103,8 @@ def codexproxy_prepare_request(app, exchange):
     body = exchange.json()
     if not isinstance(body, dict):
         raise GatewayError(400, "Request body must be a JSON object.")
+    if exchange.protocol == "compact":
+        check_compaction(exchange, body)
     if exchange.model is None and isinstance(body.get("model"), str):
         exchange.model = body["model"]
     if exchange.session_id is None:

@@ -43,7 +43,11 @@ IDLE_S = 1.5
 
 POST_ROUTES = {  # route -> the client protocol its errors must be rendered in
     "/v1/responses": "openai",
+    "/responses": "openai",
     "/backend-api/codex/responses": "openai",
+    "/v1/responses/compact": "openai",
+    "/responses/compact": "openai",
+    "/backend-api/codex/responses/compact": "openai",
     "/v1/chat/completions": "openai",
     "/v1/completions": "openai",
     "/v1/messages": "anthropic",
@@ -85,6 +89,8 @@ WRONG_TYPES = {  # route -> bodies of the right shape with wrong types or values
                      {"model": "gpt-5", "max_tokens": 10, "messages": [{"role": "wizard", "content": "hi"}]},
                      {"model": 5, "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}],
     "/v1/messages/count_tokens": [{"model": "gpt-5", "messages": "hi"}, {"messages": None}],
+    "/v1/responses/compact": [{"model": 5, "input": []}, {"model": "gpt-5", "input": 7}, {"model": ["gpt-5"], "input": []}],
+    "/backend-api/codex/responses/compact": [{"model": None, "input": []}, {"model": "gpt-5", "input": {"a": 1}}],
 }
 
 LONE = "\ud800 x"  # a lone UTF-16 surrogate: legal JSON escape, not Unicode; UTF-8 cannot carry it
@@ -98,6 +104,8 @@ SURROGATE_BODIES = {  # route -> well-formed requests with a lone surrogate wher
     "/v1/messages": [{"model": "gpt-5", "max_tokens": 10, "messages": [{"role": "user", "content": LONE}]},
                      {"model": "gpt-5", "max_tokens": 10, "system": LONE, "messages": [{"role": "user", "content": "hi"}]}],
     "/v1/messages/count_tokens": [{"model": "gpt-5", "messages": [{"role": "user", "content": LONE}]}],
+    "/v1/responses/compact": [{"model": "gpt-5", "input": [{"role": "user", "content": [{"type": "input_text", "text": LONE}]}]}],
+    "/backend-api/codex/responses/compact": [{"model": "gpt-5", "input": [], "instructions": LONE}],
 }
 
 
@@ -815,6 +823,10 @@ ROUTE_BODIES = {
                                      "stream_options": request({}, {"include_usage": st.booleans()}),
                                      "response_format": request({"type": st.sampled_from(["text", "json_object", "json_schema"])},
                                                                 {"json_schema": ANY_JSON})}),
+    # Compaction as Codex asks for it (REFERENCE §1): the conversation so far and its instructions.
+    "/v1/responses/compact": request({"model": MODEL, "input": TEXT | MESSAGES}, {"instructions": TEXT, "tools": TOOLS,
+                                                                                  "parallel_tool_calls": st.booleans()}),
+    "/backend-api/codex/responses/compact": request({"model": MODEL, "input": MESSAGES}, {"instructions": TEXT, "stream": STREAM}),
     "/v1/completions": request({"model": MODEL, "prompt": TEXT | st.lists(TEXT, max_size=2)},
                                {"stream": STREAM, "max_tokens": st.integers(-1, 100), "suffix": TEXT}),
     "/v1/messages": request({"model": MODEL, "max_tokens": st.integers(-1, 100), "messages": MESSAGES},
