@@ -19,7 +19,8 @@ transform produces for its client (events: SSE for HTTP, one message per event f
 errors raised as GatewayError are rendered in the client's protocol by `render_error`.
 
 Shared state (codexproxy/state.py, `app.state`): anything a plugin keeps beyond one request
-(counters, rate windows, values with a TTL, leases, named locks, durable collections) goes
+(counters, rate windows, values with a TTL, leases, named locks, durable collections, large
+values kept on disk as blobs) goes
 through `app.state`, so the same plugin works in one process (TinyDB, the default) and in a
 pool of processes or machines on Redis (`state.backend: redis`). `app.plugin_state(name,
 factory)` is for what is truly process-local (thread pools, listeners, caches).

@@ -32,6 +32,7 @@ import time
 from collections import deque
 from typing import Any, Callable, ContextManager, Iterator, Protocol
 
+from .blobs import Blobs, SQLiteBlobs
 from .store import NamedLock, Store, TinyDBCollection
 
 
@@ -153,6 +154,11 @@ class State(Protocol):
         """The durable collection `name` (namespace it: `"admin_sessions"`)."""
         ...
 
+    def blobs(self, name: str) -> Blobs:
+        """Large text values with a TTL, kept on disk locally and surviving a restart
+        (`codexproxy/blobs.py`); `name` as a collection's."""
+        ...
+
     @property
     def later(self) -> "Later":
         """The writes of this state that return nothing to wait for (see `Later`)."""
@@ -239,7 +245,8 @@ class _HeldLock:
 class LocalState:
     """The embedded backend: memory of this process for values, counters, windows, leases and
     locks (gone at restart, as the proxy's own counters are), TinyDB files for collections (the
-    store file for accounts and keys, a file beside it for each other one), and the store's flock named locks so the CLI and the proxy exclude each
+    store file for accounts and keys, a file beside it for each other one), an SQLite file
+    beside it for each set of blobs, and the store's flock named locks so the CLI and the proxy exclude each
     other. Expired entries are dropped when touched and by a sweep every `SWEEP_EVERY` writes;
     at most `max_entries` values are kept (the ones closest to expiry go first)."""
 
@@ -255,6 +262,7 @@ class LocalState:
         self._locks: dict[str, _HeldLock] = {}
         self._collections: dict[str, TinyDBCollection] = {}
         self._side_stores: dict[str, Store] = {}
+        self._blobs: dict[str, SQLiteBlobs] = {}
         self._writes = 0
         self._later = _WriteNow(self)
 
@@ -438,6 +446,16 @@ class LocalState:
                 self._collections[name] = TinyDBCollection(self._store_of(name), name)
             return self._collections[name]
 
+    def blobs(self, name: str) -> Blobs:
+        """An SQLite file beside the store: `codexproxy.<name>.sqlite3`."""
+        with self._mu:
+            if name not in self._blobs:
+                if not COLLECTION_NAME.fullmatch(name):
+                    raise ValueError(f"blobs name {name!r}: use lower-case letters, digits and _")
+                path = self.store.path
+                self._blobs[name] = SQLiteBlobs(path.with_name(f"{path.stem}.{name}.sqlite3"))
+            return self._blobs[name]
+
     def _store_of(self, name: str) -> Store:
         """The repositories' collections live in the store file itself; every other one in a
         file of its own beside it (`codexproxy.<name>.json`): each write rewrites its whole
@@ -466,8 +484,11 @@ class LocalState:
     def close(self) -> None:
         with self._mu:
             held, self._locks = list(self._locks.values()), {}
+            blobs, self._blobs = list(self._blobs.values()), {}
         for lock in held:
             lock.file_lock.release()
+        for kept in blobs:
+            kept.close()
 
 
 class _WriteNow:

@@ -384,6 +384,9 @@ class RedisState:
         return found
 
     @_guarded
+    def blobs(self, name: str) -> "RedisBlobs":
+        return RedisBlobs(self, name)
+
     def collection_names(self) -> list[str]:
         """The collections holding documents (for `codexproxy state migrate`)."""
         head = f"{self.prefix}docs:"
@@ -527,6 +530,44 @@ class _RedisLater:
             self._client.close()
         if not sent and left:
             log.warning("Redis unreachable at close: %d background writes not sent", left)
+
+
+class RedisBlobs:
+    """`blobs.Blobs` on Redis: a plain string per blob, `codexproxy:b:<name>:<key>`, with its TTL."""
+
+    def __init__(self, state: RedisState, name: str) -> None:
+        self._state = state
+        self._where = state._where
+        self._head = state._k("b", name + ":")
+
+    @_guarded
+    def get(self, key: str) -> str | None:
+        return self._state.client.get(self._head + key)
+
+    @_guarded
+    def set(self, key: str, text: str, ttl: float) -> None:
+        self._state.client.set(self._head + key, text, px=_ms(ttl))
+
+    @_guarded
+    def delete(self, key: str) -> None:
+        self._state.client.delete(self._head + key)
+
+    @_guarded
+    def entries(self) -> list[tuple[str, int, float]]:
+        client, found = self._state.client, []
+        names = list(client.scan_iter(match=_glob_escape(self._head) + "*", count=1000))
+        for start in range(0, len(names), 500):
+            batch = names[start:start + 500]
+            with client.pipeline(transaction=False) as pipe:
+                for name in batch:
+                    pipe.strlen(name)
+                    pipe.pttl(name)
+                answers = pipe.execute()
+            now = time.time()
+            for name, size, ttl_ms in zip(batch, answers[::2], answers[1::2]):
+                if size and ttl_ms is not None and ttl_ms > 0:
+                    found.append((name[len(self._head):], int(size), now + ttl_ms / 1000))
+        return sorted(found, key=lambda entry: entry[2])
 
 
 class RedisCollection:

@@ -5,6 +5,7 @@ evicted id is 400 previous_response_not_found, as OpenAI answers."""
 from __future__ import annotations
 
 import json
+import signal
 import time
 
 import httpx
@@ -13,7 +14,7 @@ import pytest
 
 from codexproxy.state import LocalState
 from codexproxy.store import Store
-from codexproxy_plugins.adapter.conversations import ENTRY, ConversationStore, replay_items
+from codexproxy_plugins.adapter.conversations import BLOBS, ConversationStore, replay_items
 from tests.conftest import wait_for
 from tests.fakeupstream import B
 
@@ -33,7 +34,7 @@ def test_store_caps_evict_the_oldest_and_entries_belong_to_their_key(tmp_path):
     for n in range(3):
         keep(store, f"resp_{n}", "key_a", [{"n": n}])
     assert store.get("resp_0", "key_a") is None  # the oldest went first
-    assert state.get(ENTRY + "resp_0") is None  # from the state too, not only hidden
+    assert state.blobs(BLOBS).get("resp_0") is None  # from the state too, not only hidden
     assert store.get("resp_1", "key_a")["input"] == [{"n": 1}]
     assert store.get("resp_2", "key_a")["input"] == [{"n": 2}]
     assert store.get("resp_2", "key_b") is None  # another key's conversation is not there for it
@@ -107,9 +108,31 @@ def test_three_turns_by_previous_response_id_only(make_proxy, fake):
     kept = oai.responses.retrieve(second.id)
     assert kept.id == second.id and kept.output_text == "You are Ada."
 
-    # kept in the state (app.state), in no file of the plugin's own (tests/test_conversations_shared.py
-    # reads what reaches a shared state: no key, no token)
-    assert not list(proxy.data_dir.glob("conversations*"))
+    # kept in the state's blobs: on the embedded backend one private file beside the store, with
+    # the bodies and answers, no platform key, no account token
+    kept_file = proxy.data_dir / "codexproxy.conversations.sqlite3"
+    assert kept_file.stat().st_mode & 0o777 == 0o600
+    proxy.stop()
+    data = b"".join(path.read_bytes() for path in proxy.data_dir.glob("codexproxy.conversations.sqlite3*"))
+    assert b"My name is Ada." in data and proxy.key.encode() not in data and acct.access_token.encode() not in data
+
+
+def test_kept_conversations_outlive_a_killed_proxy_and_count_against_the_caps_after(make_proxy, fake):
+    """Killed with -9 and started again, the proxy still continues a kept response; and the ones
+    kept before count against max_entries after the restart (the slot counters are memory: they
+    are rebuilt from what is kept), so the next answer evicts the oldest."""
+    proxy = make_proxy({"plugins": {"adapter": {"conversations": {"max_entries": 2}}}})
+    fake.set_default(proxy.fake_accounts[0], B.ok(text="ok"))
+    oai = openai.OpenAI(base_url=proxy.url + "/v1", api_key=proxy.key, max_retries=0, timeout=30)
+    ids = [oai.responses.create(model="gpt-5.5", input=f"turn {n}").id for n in range(2)]
+    proxy.stop(signal.SIGKILL)
+    proxy.start()
+    oai = openai.OpenAI(base_url=proxy.url + "/v1", api_key=proxy.key, max_retries=0, timeout=30)
+    ids.append(oai.responses.create(model="gpt-5.5", input="turn 2", previous_response_id=ids[1]).id)
+    assert texts(fake.requests[-1].json["input"]) == ["turn 1", "ok", "turn 2"]
+    wait_for(lambda: httpx.get(f"{proxy.url}/v1/responses/{ids[0]}", headers=proxy.auth, timeout=30).status_code == 404,
+             what="the oldest kept response to be evicted by the third")
+    assert [httpx.get(f"{proxy.url}/v1/responses/{rid}", headers=proxy.auth, timeout=30).status_code for rid in ids] == [404, 200, 200]
 
 
 def test_unknown_id_other_keys_and_codex_traffic(make_proxy, fake):

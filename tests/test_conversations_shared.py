@@ -11,14 +11,14 @@ import httpx
 import openai
 import pytest
 
-from codexproxy_plugins.adapter.conversations import BYTES, ENTRY, SLOT, UNAVAILABLE_PAUSE_S, ConversationStore
+from codexproxy_plugins.adapter.conversations import BLOBS, BYTES, SLOT, UNAVAILABLE_PAUSE_S, ConversationStore
 from tests.fakeupstream import B
 from tests.redis_server import redis_server, redis_url  # noqa: F401 (fixtures)
 from tests.test_conversations import texts
 
 pytestmark = pytest.mark.slow
 
-ENTRIES = "codexproxy:v:" + ENTRY + "*"  # RedisState's key of a value, for looking at Redis itself
+ENTRIES = f"codexproxy:b:{BLOBS}:*"  # RedisState's keys of the blobs, for looking at Redis itself
 
 
 def shared(redis_url: str, **conversations) -> dict:
@@ -128,7 +128,7 @@ def test_concurrent_writers_on_redis_keep_the_newest_within_both_caps(redis_url)
     assert stores[0].flush()
 
     state = states[0]
-    kept = [name[len(ENTRY):] for name in state.keys(ENTRY)]
+    kept = [name for name, _, _ in state.blobs(BLOBS).entries()]
     assert len(kept) == 10 and "resp_last" in kept
     slots = [state.get(name) for name in state.keys(SLOT)]
     assert sorted(slot["id"] for slot in slots) == sorted(kept)  # each live entry has its slot, nothing else does
@@ -143,7 +143,7 @@ def test_concurrent_writers_on_redis_keep_the_newest_within_both_caps(redis_url)
     for i in range(4):
         small.put(f"big_{i}", None, ["x" * 200], {"id": f"big_{i}"})
     assert small.flush()
-    assert sorted(name[len(ENTRY):] for name in state.keys(ENTRY)) == ["big_1", "big_2", "big_3"]  # ~250 bytes each
+    assert sorted(name for name, _, _ in state.blobs(BLOBS).entries()) == ["big_1", "big_2", "big_3"]  # ~250 bytes each
     assert 0 < state.get(BYTES) <= 1000
     for store in stores:
         store.close()
@@ -177,7 +177,7 @@ def test_answers_are_not_kept_while_redis_hangs_and_are_again_once_it_answers(ca
         time.sleep(UNAVAILABLE_PAUSE_S + 0.1)  # answers given meanwhile are not kept
         store.put("back", None, [], {"id": "back"})
         assert store.flush()
-        assert store.get("back", None) is not None and state.get(ENTRY + "hung_0") is None
+        assert store.get("back", None) is not None and state.blobs(BLOBS).get("hung_0") is None
     finally:
         if server.process is not None:
             server.process.send_signal(signal.SIGCONT)

@@ -492,7 +492,7 @@ def readme_data_dir() -> dict[str, re.Pattern]:
     listed: dict[str, re.Pattern] = {}
     for bullet in re.split(r"\n- ", section)[1:]:
         ticked = re.findall(r"`([^`]+)`", bullet)
-        names = [ticked[0]] + [t for t in ticked[1:] if re.fullmatch(r"[\w.<>/-]+\.(json|lock|jsonl|sqlite3)", t)]
+        names = [ticked[0]] + [t for t in ticked[1:] if re.fullmatch(r"[\w.<>/-]+\.(json|lock|jsonl|sqlite3(-wal|-shm)?)", t)]
         collections = [t for t in ticked[1:] if re.fullmatch(r"[a-z_]+", t)]
         for name in names:
             pattern = re.escape(name).replace(re.escape("<hash>"), "[0-9a-f]+").replace("NNNNNNNN", r"\d{8}")
@@ -511,6 +511,8 @@ def test_the_data_dir_holds_only_what_the_readme_says(make_proxy):
     proxy = make_proxy()
     with proxy.client() as client:
         assert client.post("/v1/responses", json=RESPONSES_BODY, headers=proxy.auth).status_code == 200
+        kept = client.post("/v1/responses", json={**RESPONSES_BODY, "store": True}, headers=proxy.auth)  # an SDK app's
+        assert kept.status_code == 200
         assert client.get("/v1/models", headers=proxy.auth).status_code == 200
 
     def found(writer: int | None = None) -> dict[str, list[str]]:
@@ -534,7 +536,8 @@ def test_the_data_dir_holds_only_what_the_readme_says(make_proxy):
     assert expected <= set(running) <= set(listed), f"listed but not there: {expected - set(running)}"
     proxy.stop()
     stopped = found()
-    assert None not in stopped and set(stopped) == set(running) - {"run.json"}, stopped
+    while_running = {"run.json", "codexproxy.<name>.sqlite3-wal", "codexproxy.<name>.sqlite3-shm"}
+    assert None not in stopped and set(stopped) == set(running) - while_running, stopped
     for path in proxy.data_dir.rglob("*"):
         if path.is_file() and not re.search(r"\.(pem|p12|cer)$", path.name):
             assert path.stat().st_mode & 0o077 == 0, f"{path} is readable by others"

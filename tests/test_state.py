@@ -413,6 +413,49 @@ def test_local_collections_are_files_beside_the_store_and_expired_docs_are_clean
     assert again.collection_names() == ["t_docs"]
 
 
+# --- blobs -------------------------------------------------------------------------------------
+def test_blobs_get_set_delete_ttl_and_entries_soonest_first(state_backend):
+    blobs = state_backend.blobs("t_blobs")
+    assert blobs.get("a") is None
+    blobs.set("a", "é" * 1000, ttl=60)  # sizes in bytes: 2,000
+    blobs.set("short", "x", ttl=SHORT)
+    blobs.set("b", "bb", ttl=30)
+    assert blobs.get("a") == "é" * 1000 and blobs.get("b") == "bb"
+    assert [(k, size) for k, size, _ in blobs.entries()] == [("short", 1), ("b", 2), ("a", 2000)]
+    assert all(abs(exp - time.time() - ttl) < 5 for (_, _, exp), ttl in zip(blobs.entries()[1:], (30, 60)))
+    time.sleep(AFTER)
+    assert blobs.get("short") is None and [k for k, _, _ in blobs.entries()] == ["b", "a"]
+    blobs.set("b", "replaced", ttl=90)
+    blobs.delete("a")
+    blobs.delete("never")
+    assert blobs.get("a") is None and [(k, size) for k, size, _ in blobs.entries()] == [("b", 8)]
+    assert state_backend.blobs("t_other").get("b") is None  # each name its own set
+    assert state_backend.get("b") is None and state_backend.keys("") == []  # not the state's values
+
+
+def test_local_blobs_are_an_sqlite_file_beside_the_store_that_outlives_the_process(tmp_path: Path):
+    state = LocalState(Store(tmp_path / "store.json"))
+    state.blobs("t_blobs").set("kept", "a long history", ttl=60)
+    state.blobs("t_blobs").set("gone", "x", ttl=SHORT)
+    path = tmp_path / "store.t_blobs.sqlite3"
+    assert path.stat().st_mode & 0o777 == 0o600
+    # killed, not closed: what was written is there for the next process
+    child = subprocess.run([sys.executable, "-c", "import os, sys; sys.path[:0] = [os.getcwd()]\n"
+                            "from codexproxy.state import LocalState\nfrom codexproxy.store import Store\n"
+                            f"LocalState(Store({str(tmp_path / 'store.json')!r})).blobs('t_blobs').set('child', 'y', ttl=60)\n"
+                            "os._exit(0)"], capture_output=True, text=True, timeout=60)
+    assert child.returncode == 0, child.stderr
+    state.close()
+    time.sleep(AFTER)
+    again = LocalState(Store(tmp_path / "store.json"))
+    assert again.blobs("t_blobs").get("kept") == "a long history" and again.blobs("t_blobs").get("child") == "y"
+    assert [k for k, _, _ in again.blobs("t_blobs").entries()] == ["kept", "child"]
+    with pytest.raises(ValueError, match="blobs name"):
+        again.blobs("../escape")
+    again.close()
+    assert [p.name for p in tmp_path.iterdir() if "t_blobs" in p.name] == ["store.t_blobs.sqlite3"]  # -wal folded in at close
+
+
 def test_local_collection_names_must_be_safe_file_names(tmp_path: Path):
     with pytest.raises(ValueError, match="collection name"):
         LocalState(Store(tmp_path / "store.json")).collection("../escape")

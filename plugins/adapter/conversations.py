@@ -2,12 +2,13 @@
 be false), so codexproxy keeps each Responses answer itself -- the input it was given and the
 output it produced -- and expands an id into that history on the next request.
 
-Kept in the state (`app.state`, codexproxy/state.py), so that with `state.backend: redis` every
-instance and worker continues a conversation another one answered: each entry is one value with
-a TTL under `adapter:conversation:<response id>` (JSON text: the embedded state keeps it as one
-string, not a tree of objects). Only request bodies and response objects go in: no header, no
-token, no platform key. Each entry records the id of the key that made it, so one key cannot
-read another's conversation.
+Kept in the state's blobs (`app.state.blobs("conversations")`, codexproxy/blobs.py): on the
+embedded backend an SQLite file beside the store, so they take disk rather than memory and a
+restart keeps them; with `state.backend: redis` in Redis, so every instance and worker continues
+a conversation another one answered. Each entry is one blob with a TTL, keyed by the response
+id (JSON text). Only request bodies and response objects go in: no header, no token, no platform
+key. Each entry records the id of the key that made it, so one key cannot read another's
+conversation.
 
 Bounded by age (the values' TTL), count and bytes, oldest evicted first, with the state's
 atomic calls only (the interface has no "append and trim" primitive):
@@ -24,6 +25,9 @@ atomic calls only (the interface has no "append and trim" primitive):
   oldest slots and go first when a cap is reached; until then their slots count (a few bytes).
 - A slot number taken by a writer that died before writing its slot is a hole: the evictor
   waits for it `HOLE_WAIT_S`, then passes it (its entry, if any, ends by its TTL).
+- The slots and counters are state values: the embedded state loses them at restart, the blobs
+  stay. A store that finds no slot counter gives the blobs already there slots again, soonest
+  to expire first (once per state: the first to claim `...:reindex`), before it counts new ones.
 
 The entry's value is written when the answer is complete, before its last event leaves for the
 client (the adapter wraps the transform: `__init__.py`), by that one state call on the event
@@ -47,7 +51,8 @@ from codexproxy.exchange import GatewayError
 
 log = logging.getLogger("codexproxy.adapter")
 
-ENTRY = "adapter:conversation:"  # + response id: the kept entry (JSON text), with its TTL
+BLOBS = "conversations"  # the state's blobs holding the entries: response id -> entry (JSON text), with its TTL
+REINDEX = "adapter:conversations:reindex"  # claimed by the store that gives existing blobs their slots
 SEQ = "adapter:conversations:seq"  # counter: slot numbers handed out
 EVICTED = "adapter:conversations:evicted"  # every slot up to this number is evicted (the evictor's)
 BYTES = "adapter:conversations:bytes"  # counter: the sizes of the slots not yet evicted
@@ -82,10 +87,12 @@ class ConversationStore:
 
     def __init__(self, state: Any, max_entries: int, max_bytes: int, ttl_s: float) -> None:
         self.state = state
+        self.blobs = state.blobs(BLOBS)
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.ttl_s = ttl_s
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="conversations")
+        self._writer.submit(self._reindex)  # first on the one thread: before any new entry is counted
         # While a shared state is unreachable each call fails only after its timeouts (on the
         # event loop, for `put`): answers are not kept until this time rather than each waiting.
         self._unavailable_until = float("-inf")
@@ -94,7 +101,7 @@ class ConversationStore:
         """The kept entry {"key_id", "input", "response"} of this key, or None (unknown,
         expired, evicted, or another key's). Raises the state's StateUnavailable (a 503) when
         a shared state cannot be reached."""
-        text = self.state.get(ENTRY + response_id)
+        text = self.blobs.get(response_id)
         if not isinstance(text, str):
             return None
         entry = json.loads(text)
@@ -113,7 +120,7 @@ class ConversationStore:
             log.info("response %s not kept: %d bytes, over conversations.max_bytes", response_id, size)
             return False
         try:
-            self.state.set(ENTRY + response_id, text, ttl=self.ttl_s)
+            self.blobs.set(response_id, text, self.ttl_s)
         except GatewayError as exc:  # the state's StateUnavailable: the answer itself is not failed for it
             self._unreachable(response_id, exc)
             return False
@@ -124,14 +131,34 @@ class ConversationStore:
         self._unavailable_until = time.monotonic() + UNAVAILABLE_PAUSE_S
         log.warning("response %s not kept: %s", response_id, exc.message)
 
+    def _reindex(self) -> None:
+        """Slots for the blobs kept before this state's counters were (a restart of the embedded
+        state); without them those entries would count against no cap until their TTL."""
+        try:
+            if self.state.get(SEQ) is not None or not self.state.add(REINDEX, time.time()):
+                return
+            entries = self.blobs.entries()
+            for response_id, size, _ in entries:
+                self._count(response_id, size, evict=False)
+            if entries:
+                log.info("%d kept responses found at start, %d bytes", len(entries), sum(e[1] for e in entries))
+                self._evict()
+        except GatewayError as exc:  # the state's StateUnavailable
+            log.warning("kept responses not counted: %s", exc.message)
+        except Exception:
+            log.exception("could not count the kept responses")
+
+    def _count(self, response_id: str, size: int, evict: bool = True) -> None:
+        slot = int(self.state.incr(SEQ))
+        self.state.set(f"{SLOT}{slot}", {"id": response_id, "size": size, "at": time.time()})
+        total = self.state.incr(BYTES, size)
+        if evict and (slot - int(self.state.get(EVICTED, 0)) > self.max_entries or total > self.max_bytes):
+            self._evict()
+
     def _account(self, response_id: str, size: int) -> None:
         """The entry's slot and size in the caps' counters; evict if a cap is passed."""
         try:
-            slot = int(self.state.incr(SEQ))
-            self.state.set(f"{SLOT}{slot}", {"id": response_id, "size": size, "at": time.time()})
-            total = self.state.incr(BYTES, size)
-            if slot - int(self.state.get(EVICTED, 0)) > self.max_entries or total > self.max_bytes:
-                self._evict()
+            self._count(response_id, size)
         except GatewayError as exc:
             self._unreachable(response_id, exc)
         except Exception:
@@ -155,7 +182,7 @@ class ConversationStore:
                     if not self._hole_abandoned(number):
                         return  # its writer is between taking the number and writing the slot
                 else:
-                    state.delete(ENTRY + slot["id"])
+                    self.blobs.delete(slot["id"])
                     state.incr(BYTES, -slot["size"])
                     state.delete(f"{SLOT}{number}")
                 evicted = number
