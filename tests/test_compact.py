@@ -53,3 +53,20 @@ def test_a_compaction_the_upstream_refuses_reaches_the_client_as_it_was(proxy, f
         wrong = client.get("/v1/responses/compact", headers=proxy.auth)
     assert r.status_code == 400 and r.json()["error"]["message"] == "input too short to compact"
     assert wrong.status_code == 405
+
+
+def test_compaction_names_its_model_as_the_turns_do(proxy, fake):
+    """The aliases and a key's bound model apply to the compaction's model too (an effort suffix
+    or an alias went to the backend as written, which refused it; a key bound to one model could
+    compact with another); a name the pool serves goes byte for byte."""
+    with proxy.client() as client:
+        for asked, sent in (("gpt-5.5(high)", "gpt-5.5"), ("claude-opus-4-8", "gpt-5.5")):
+            r = client.post("/v1/responses/compact", json={**COMPACT_BODY, "model": asked}, headers=proxy.auth)
+            assert r.status_code == 200, r.text
+            seen = fake.requests[-1].json
+            assert seen["model"] == sent and seen["input"] == COMPACT_BODY["input"], (asked, seen["model"])
+        bound = proxy.create_key("bound", "--model", "gpt-5-codex")
+        r = client.post("/v1/responses/compact", json={**COMPACT_BODY, "model": "gpt-5.5"},
+                        headers={"authorization": f"Bearer {bound}"})
+        assert r.status_code == 200 and fake.requests[-1].json["model"] == "gpt-5-codex"
+    assert proxy.cli_json("logs")[0]["model"] == "gpt-5-codex"

@@ -106,11 +106,13 @@ def _bool(body: dict, field: str) -> bool:
 @hookimpl
 def codexproxy_prepare_request(app, exchange):
     protocol = exchange.protocol
-    if exchange.route is None or exchange.route.kind != "upstream" or protocol not in ("responses", "chat", "completions", "anthropic"):
+    if exchange.route is None or exchange.route.kind != "upstream" or protocol not in ("responses", "chat", "completions", "anthropic", "compact"):
         return
     body = exchange.json()
     if not isinstance(body, dict):
         raise GatewayError(400, "Request body must be a JSON object.")
+    if protocol == "compact":
+        return _compaction_model(app, exchange, body)
     client_stream = _bool(body, "stream")
     session = None
     if protocol == "responses":
@@ -171,6 +173,26 @@ def _apply_model(app, exchange, body: dict, upstream: dict) -> None:
         upstream.pop("reasoning", None)
         upstream.pop("include", None)
         upstream.update(reasoning_fields(effort))
+
+
+def _compaction_model(app, exchange, body: dict) -> None:
+    """A compaction names its model as the turns it compacts do: the same aliases and key
+    binding apply (a suffixed or aliased name went to the backend as written, which refused it,
+    and a key bound to one model could compact with another). Only the model name: the effort
+    of a suffix is the turns' business. Byte for byte when the name stays."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        return  # the compact route's own check answers the 400
+    key = exchange.key
+    if key is not None and getattr(key, "model", None):
+        upstream_model = key.model
+    else:
+        known, from_upstream = _known_models(app)
+        maps = [getattr(key, "aliases", None) or {}, app.plugin_config("adapter").models]
+        upstream_model, _ = resolve_model(model, known, maps, strict=from_upstream)
+    exchange.model = upstream_model
+    if upstream_model != model:
+        exchange.upstream_body = {**body, "model": upstream_model}
 
 
 # --- previous_response_id: conversations kept by the proxy (conversations.py) -----------------
