@@ -271,8 +271,11 @@ def ensure_litellm(log) -> Path:
 
 
 def py_spy() -> Path | None:
-    exe = LITELLM_VENV / "bin" / "py-spy"
-    return exe if exe.exists() else None
+    """py-spy from the LiteLLM venv, else from the one running the bench (`pip install py-spy`)."""
+    for exe in (LITELLM_VENV / "bin" / "py-spy", Path(sys.executable).parent / "py-spy"):
+        if exe.exists():
+            return exe
+    return None
 
 
 class LiteLLM(Service):
