@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+import pytest
+
 try:  # Python 3.14+
     from compression import zstd
 except ImportError:
@@ -464,3 +466,10 @@ if __name__ == "__main__":  # python -m tests.capture_upstream: serve and print 
             for r in reqs[seen:]:
                 print(r.raw_head.decode("latin-1"), r.decoded[:2000], "\n", flush=True)
             seen = len(reqs)
+
+
+@pytest.fixture
+def capture():
+    """A capture upstream for one test (tests/test_wire.py, tests/test_wire_conformance.py)."""
+    with CaptureUpstream() as cap:
+        yield cap

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from tests.capture_upstream import CaptureUpstream
+from tests.capture_upstream import capture  # noqa: F401 (a fixture)
 from tests.conftest import RESPONSES_BODY
 from tests.rawhttp import raw_request
 from tests.fakeupstream import B
@@ -91,12 +92,6 @@ def test_a_session_comes_from_prompt_cache_key_when_the_client_sent_none(proxy, 
 # --- header injection, judged by a raw capture upstream ------------------------------------------
 # The capture (tests/capture_upstream.py) parses the wire strictly and records every request as it
 # arrived, refused ones included, so a split request or an injected field would show up there.
-
-@pytest.fixture
-def capture():
-    with CaptureUpstream() as cap:
-        yield cap
-
 
 @pytest.fixture
 def capture_proxy(make_proxy, capture):

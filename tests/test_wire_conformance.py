@@ -29,6 +29,7 @@ import openai
 import pytest
 
 from tests.capture_upstream import Answer, CaptureUpstream, CapturedRequest, zstd
+from tests.capture_upstream import capture  # noqa: F401 (a fixture)
 
 from tests.npmclients import codex_binary
 
@@ -248,12 +249,6 @@ def assert_host(cap: CaptureUpstream, reqs: list[CapturedRequest]) -> None:
 
 
 # --- fixtures --------------------------------------------------------------------------------
-
-@pytest.fixture
-def capture():
-    with CaptureUpstream() as cap:
-        yield cap
-
 
 @pytest.fixture
 def wire_proxy(make_proxy, capture):
