@@ -81,7 +81,7 @@ class Collection(Protocol):
 
 
 class State(Protocol):
-    """Counters, values with a TTL, sliding windows, leases, named locks and collections."""
+    """Counters, values with a TTL, sliding windows, leases, named locks, collections and blobs."""
 
     def get(self, key: str, default: Any = None) -> Any:
         """The value under `key`, or `default` if absent or expired."""
