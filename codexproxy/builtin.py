@@ -7,12 +7,10 @@ the adapter plugin claims the same routes first to normalise and convert.
 
 from __future__ import annotations
 
-import re
 import time
 
 from . import __version__, hookimpl, wire
 from .exchange import GatewayError, LocalResponse, Route
-from .pipeline import json_bytes
 
 # Where clients send Responses requests (the adapter plugin claims the same paths, from here).
 RESPONSES_PATHS = ("/v1/responses", "/backend-api/codex/responses", "/responses")
@@ -78,22 +76,16 @@ def codexproxy_route(app, exchange):
     return None
 
 
-# A \uD800-\uDFFF escape in the raw JSON: only then can a parsed string hold a lone surrogate.
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
-
-
 def check_compaction(exchange, body: dict) -> None:
     """A compaction request goes upstream byte for byte (its items must survive), so nothing
     re-encodes it on the way: what the other routes refuse while converting is refused here
-    (a model that is no name, an input that is no conversation, a lone surrogate) rather than
-    spent on an account."""
+    (a model that is no name, an input that is no conversation) rather than spent on an
+    account. A lone surrogate is the pipeline's to refuse, for every route."""
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         raise GatewayError(400, "'model' must be a model name (a non-empty string).", param="model")
     if not isinstance(body.get("input"), (str, list)):
         raise GatewayError(400, "'input' must be the conversation to compact: a string or a list of items.", param="input")
-    if isinstance(exchange.body, bytes) and _SURROGATE_ESCAPE.search(exchange.body):
-        json_bytes(body)  # the 400 the other routes give while encoding
 
 
 @hookimpl(trylast=True)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 import traceback
 from dataclasses import dataclass
@@ -43,6 +44,10 @@ class UpstreamCall:
     url: str
     headers: list[tuple[str, str]]  # names as the client spelled them; Host first
     body: bytes
+
+
+# A \uD800-\uDFFF escape in raw JSON: only then can a parsed string hold a lone surrogate.
+SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def json_bytes(value: Any) -> bytes:
@@ -108,6 +113,10 @@ class Pipeline:
             ex.status = local.status
             return local
         self.hook.codexproxy_prepare_request(app=self.app, exchange=ex)
+        if SURROGATE_ESCAPE.search(ex.body):
+            # A body that goes upstream as the client's own bytes is never encoded again, so
+            # nothing else would notice: the 400 a converted body gets from json_bytes, for all.
+            json_bytes(ex.json())
         account = await self._select_account(ex)
         return self.attempt(ex, account)
 

@@ -287,6 +287,22 @@ def test_lone_surrogates_get_a_400_never_a_500(pool, fake, route):
     serves_normally(pool)
 
 
+def test_a_lone_surrogate_in_a_body_passed_through_byte_for_byte_is_refused(pool, fake):
+    """A Codex client's body (and a compaction's) goes upstream as its own bytes, never encoded
+    again: the pipeline still refuses a \\ud800 escape in it, as encoding a converted one does."""
+    codex = {"originator": "codex_exec", "user-agent": "codex_exec/0.169.0", "content-type": "application/json"}
+    item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": LONE}]}
+    bodies = {"/backend-api/codex/responses": dict(RESPONSES_BODY, input=[item]),
+              "/backend-api/codex/responses/compact": {"model": "gpt-5", "input": [item], "instructions": "x"}}
+    with pool.client() as client:
+        for route, body in bodies.items():
+            r = client.post(route, content=json.dumps(body).encode(), headers={**auth_for(pool, route), **codex})
+            assert_client_error(r, "openai", f"{route} with a lone surrogate", (400,))
+            assert "lone UTF-16 surrogate" in r.text
+    assert not fake.requests
+    serves_normally(pool)
+
+
 def test_a_lone_surrogate_as_the_model_is_answered_and_logged(make_proxy, fake):
     proxy = make_proxy()
     for route in ("/v1/responses", "/v1/chat/completions", "/v1/messages"):
