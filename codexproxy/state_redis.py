@@ -383,10 +383,10 @@ class RedisState:
             found = self._collections.setdefault(name, RedisCollection(self, name))
         return found
 
-    @_guarded
     def blobs(self, name: str) -> "RedisBlobs":
         return RedisBlobs(self, name)
 
+    @_guarded
     def collection_names(self) -> list[str]:
         """The collections holding documents (for `codexproxy state migrate`)."""
         head = f"{self.prefix}docs:"

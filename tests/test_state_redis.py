@@ -162,7 +162,9 @@ def test_redis_down_is_a_fast_state_unavailable_and_the_same_object_recovers():
         calls = [lambda: state.get("kept"), lambda: state.set("x", 1), lambda: state.incr("n"),
                  lambda: state.window_add("w", 1, 60), lambda: state.lease("l", 60), lambda: state.leases("l"),
                  lambda: state.try_lock("k", 5), lambda: state.keys(""), lambda: state.collection("accounts").all(),
-                 lambda: state.collection("accounts").update("acc1", lambda d: None)]
+                 lambda: state.collection("accounts").update("acc1", lambda d: None), lambda: state.collection_names(),
+                 lambda: state.blobs("t_blobs").get("a"), lambda: state.blobs("t_blobs").set("a", "x", 60),
+                 lambda: state.blobs("t_blobs").entries()]
         for call in calls:
             started = time.monotonic()
             with pytest.raises(StateUnavailable, match=f"127.0.0.1:{server.port}"):
