@@ -56,6 +56,22 @@ def test_store_caps_evict_the_oldest_and_entries_belong_to_their_key(tmp_path):
     expired.close()
 
 
+def test_entries_kept_before_a_restart_are_counted_once(tmp_path):
+    """A restarted embedded state has the blobs but no counters: the store gives each kept entry
+    a slot again, once -- also one kept while that scan ran, whose own bookkeeping follows."""
+    from codexproxy_plugins.adapter.conversations import BYTES, SEQ
+
+    LocalState(Store(tmp_path / "codexproxy.json")).blobs(BLOBS).set("resp_old", '{"key_id": null}', ttl=600)
+    state = LocalState(Store(tmp_path / "codexproxy.json"))  # the restart
+    store = ConversationStore(state, max_entries=10, max_bytes=10**6, ttl_s=600)
+    assert store.flush()
+    assert state.get(SEQ) == 1 and state.get(BYTES) == len('{"key_id": null}')
+    store._account("resp_old", 16)  # the bookkeeping of a put that raced the scan
+    keep(store, "resp_new", None, [])
+    assert state.get(SEQ) == 2 and store.get("resp_old", None) is not None
+    store.close()
+
+
 def test_replay_drops_item_ids_and_reasoning_that_cannot_be_replayed():
     entry = {"input": [{"type": "message", "role": "user", "content": "a"}],
              "response": {"id": "resp_1", "output": [

@@ -92,6 +92,7 @@ class ConversationStore:
         self.max_bytes = max_bytes
         self.ttl_s = ttl_s
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="conversations")
+        self._reindexed: set[str] = set()  # the writer thread's only
         self._writer.submit(self._reindex)  # first on the one thread: before any new entry is counted
         # While a shared state is unreachable each call fails only after its timeouts (on the
         # event loop, for `put`): answers are not kept until this time rather than each waiting.
@@ -138,6 +139,9 @@ class ConversationStore:
             if self.state.get(SEQ) is not None or not self.state.add(REINDEX, time.time()):
                 return
             entries = self.blobs.entries()
+            # An answer kept while this scan ran may be in it: its own _account (queued behind
+            # this one on the writer thread) must not count it a second time.
+            self._reindexed = {response_id for response_id, _, _ in entries}
             for response_id, size, _ in entries:
                 self._count(response_id, size, evict=False)
             if entries:
@@ -157,6 +161,8 @@ class ConversationStore:
 
     def _account(self, response_id: str, size: int) -> None:
         """The entry's slot and size in the caps' counters; evict if a cap is passed."""
+        if response_id in self._reindexed:
+            return
         try:
             self._count(response_id, size)
         except GatewayError as exc:
